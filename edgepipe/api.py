@@ -1,0 +1,137 @@
+"""The Python API: build, inspect, verify, profile. The CLI is a thin layer over it."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from time import perf_counter
+from typing import Any
+
+from edgepipe import manifest as manifest_io
+from edgepipe.artifact import StageReport
+from edgepipe.backends import get_backend
+from edgepipe.bundle import write_bundle
+from edgepipe.config import load_profile, load_target
+from edgepipe.errors import BadInputError
+from edgepipe.pipeline import run_stages
+from edgepipe.profiler.local import run_bundle_benchmark
+from edgepipe.profiler.report import default_profile_path, make_profile
+from edgepipe.reference import make_reference
+from edgepipe.shapes import parse_input_specs, resolve_inputs
+from edgepipe.sources import load_source
+from edgepipe.stages import BuildContext
+from edgepipe.stages.calibration import load_samples
+from edgepipe.staging import check_output, publish, staging_area
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    bundle: Path
+    manifest: dict[str, Any]
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        return manifest_io.summary(self.manifest, self.bundle)
+
+
+def model_name(spec: str) -> str:
+    """The name a model's bundle is given, known before the model is loaded."""
+    file_part, _, function = spec.rpartition(":")
+    if file_part.endswith(".py") and function:
+        return function
+    return Path(spec).stem or "model"
+
+
+def build(
+    model: str,
+    *,
+    target: str = "cpu",
+    profile: str | None = None,
+    out: Path | None = None,
+    inputs: Sequence[str] = (),
+    calib: Path | None = None,
+    weights: Path | None = None,
+    force: bool = False,
+    trust_pickle: bool = False,
+    on_stage: Callable[[StageReport], None] = lambda report: None,
+) -> BuildResult:
+    """Compile `model` for `target` into a bundle folder; nothing is left behind on failure."""
+    started = perf_counter()
+    resolved_target = load_target(target)
+    resolved_profile = load_profile(profile or resolved_target.default_profile)
+    overrides = parse_input_specs(inputs)
+    target_label = resolved_target.name if target.endswith(".toml") else target
+    out = out or Path("dist") / f"{model_name(model)}-{target_label}"
+    check_output(out, force)
+    backend = get_backend(resolved_target.backend)
+    with staging_area(out, force) as staging:
+        source = load_source(model, trust_pickle=trust_pickle, weights=weights)
+        specs = resolve_inputs(source.declared_inputs(overrides), overrides)
+        budget = resolved_profile.accuracy
+        samples = load_samples(calib, specs, budget.samples) if calib else None
+        reference = make_reference(source, specs, budget.samples, budget.seed, samples,
+                                   f"{len(samples)} samples from {calib}" if samples else "")
+        context = BuildContext(source=source, target=resolved_target, profile=resolved_profile,
+                               inputs=specs, reference=reference, work_dir=staging / "build",
+                               bundle_dir=staging / "bundle")
+        result = run_stages(context, on_stage)
+        manifest = write_bundle(
+            staging / "bundle", source=source, target=resolved_target, target_spec=target,
+            profile=resolved_profile, result=result, reference=reference,
+            backend_versions=backend.runtime_versions(), seconds=perf_counter() - started)
+        publish(staging, out)
+    return BuildResult(out, manifest)
+
+
+def verify(bundle: Path) -> list[str]:
+    """Differences between a bundle and its manifest; empty when intact."""
+    return manifest_io.verify_bundle(bundle)
+
+
+def profile(bundle: Path, *, runs: int = 100, warmup: int = 10, threads: int | None = None,
+            out: Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """Time a bundle with its own runner in a fresh process; write profile.json atomically."""
+    if runs < 1 or warmup < 0 or (threads is not None and threads < 0):
+        raise BadInputError("--runs must be at least 1, --warmup and --threads at least 0")
+    manifest = manifest_io.load_manifest(bundle)
+    problems = manifest_io.verify_bundle(bundle)
+    if problems:
+        raise BadInputError(f"{bundle}: does not match its manifest: {problems[0]}")
+    raw = run_bundle_benchmark(bundle, runs=runs, warmup=warmup, threads=threads)
+    data = make_profile(bundle, manifest, raw, threads)
+    out = out or default_profile_path(bundle)
+    write_json_atomically(out, data)
+    return out, data
+
+
+def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as exc:
+        raise BadInputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(json.dumps(data, indent=2) + "\n")
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def inspect(path: Path) -> dict[str, Any]:
+    """What a model file or bundle holds."""
+    if path.is_dir():
+        manifest = manifest_io.load_manifest(path)
+        return {"kind": "bundle", **manifest_io.summary(manifest, path)}
+    if path.suffix != ".onnx":
+        raise BadInputError(f"{path}: inspect reads .onnx models and bundle folders")
+    from edgepipe import onnx_model
+
+    model = onnx_model.load_checked(path)
+    return {"kind": "onnx", "path": str(path), "size_bytes": path.stat().st_size,
+            **onnx_model.describe(model)}

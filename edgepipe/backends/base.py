@@ -1,0 +1,87 @@
+"""The one interface every backend implements: lower an ONNX model, and run the result.
+
+Shaped after Polygraphy's runners: the public `Runner.infer` validates the feed
+against the model's inputs once, then calls the backend's `_infer`; activation is
+a context manager. A backend only writes the part that differs.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+from pydantic import BaseModel
+
+from edgepipe.artifact import Artifact, TensorSpec
+from edgepipe.errors import BadInputError
+
+
+class Runner(ABC):
+    """Runs one model with one backend; use as a context manager."""
+
+    def __init__(self, inputs: tuple[TensorSpec, ...]) -> None:
+        self.inputs = inputs
+        self._active = False
+
+    def __enter__(self) -> Runner:
+        self._activate()
+        self._active = True
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._active = False
+        self._deactivate()
+
+    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if not self._active:
+            raise RuntimeError("Runner.infer called outside its `with` block")
+        self._check_feed(feed)
+        return self._infer(feed)
+
+    def _check_feed(self, feed: Mapping[str, np.ndarray]) -> None:
+        expected = {spec.name: spec for spec in self.inputs}
+        if set(feed) != set(expected):
+            raise BadInputError(
+                f"inputs {sorted(feed)} given, model expects {sorted(expected)}"
+            )
+        for name, array in feed.items():
+            spec = expected[name]
+            if array.dtype.name != spec.dtype:
+                raise BadInputError(f"input '{name}': dtype {array.dtype.name}, expected {spec.dtype}")
+            if spec.is_static and tuple(array.shape) != tuple(spec.shape):
+                raise BadInputError(
+                    f"input '{name}': shape {list(array.shape)}, expected {list(spec.shape)}"
+                )
+
+    @abstractmethod
+    def _activate(self) -> None: ...
+
+    @abstractmethod
+    def _deactivate(self) -> None: ...
+
+    @abstractmethod
+    def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+
+class Backend(Protocol):
+    """A deployment runtime. Adding one is one module plus one registry entry."""
+
+    name: ClassVar[str]
+    extra: ClassVar[str | None]  # the pip extra that installs its runtime; None if core
+    LowerSettings: ClassVar[type[BaseModel]]  # the target's [lower] table
+    RuntimeSettings: ClassVar[type[BaseModel]]  # the target's [runtime] table
+
+    def lower(self, model: Artifact, lower: Any, runtime: Any, out_dir: Path) -> tuple[Artifact, list[str]]:
+        """Write the backend artifact for `model` into `out_dir`; return it and any warnings."""
+        ...
+
+    def runner(self, artifact: Artifact, runtime: Any) -> Runner:
+        """A runner for an artifact this backend produced, with the target's runtime settings."""
+        ...
+
+    def runtime_versions(self) -> dict[str, str]:
+        """Versions of the runtime libraries, for the manifest."""
+        ...

@@ -1,0 +1,85 @@
+"""report.md: the build as a person reads it (stage table, parity, sizes, warnings)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _size(num_bytes: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if num_bytes < 1024 or unit == "GiB":
+            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    raise AssertionError("unreachable")
+
+
+def _metric(value: float | None, fmt: str) -> str:
+    return "—" if value is None else format(value, fmt)
+
+
+def render(manifest: dict[str, Any]) -> str:
+    model, target, profile = manifest["model"], manifest["target"], manifest["profile"]
+    parity = manifest["parity"]
+    lines = [
+        f"# {model['name']} for {target['name']}",
+        "",
+        f"Built by edgepipe {manifest['tools']['edgepipe']} on {manifest['build']['time']} "
+        f"with profile `{profile['name']}` and backend `{manifest['backend']['name']}`.",
+        "",
+        f"Source: `{model['source']['spec']}` ({model['source']['kind']}, "
+        f"sha256 `{model['source']['sha256'][:16]}…`).",
+        "",
+        "## Stages",
+        "",
+        "| stage | output | seconds | max abs diff | cosine | top-1 agreement |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for stage in manifest["stages"]:
+        p = stage["parity"] or {}
+        lines.append(
+            f"| {stage['stage']} | `{stage['output']}` | {stage['seconds']:.2f} | "
+            f"{_metric(p.get('max_abs_diff'), '.3g')} | {_metric(p.get('min_cosine'), '.6f')} | "
+            f"{_metric(p.get('min_top1_agreement'), '.3f')} |"
+        )
+    budget = profile["accuracy"]
+    lines += [
+        "",
+        "## Parity of the deployed model",
+        "",
+        f"Compared with the source model on {parity['reference_inputs']}.",
+        f"Budget: max abs diff ≤ {budget['max_abs_diff']:g}, cosine ≥ {budget['min_cosine']:g}.",
+        "",
+        "| output | max abs diff | mean abs diff | cosine | top-1 agreement |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for out in parity["outputs"]:
+        lines.append(f"| {out['name']} | {out['max_abs_diff']:.3g} | {out['mean_abs_diff']:.3g} | "
+                     f"{out['cosine']:.6f} | {_metric(out['top1_agreement'], '.3f')} |")
+    lines += ["", "## Inputs and outputs", "", "| | name | shape | dtype | layout |",
+              "|---|---|---|---|---|"]
+    for kind in ("inputs", "outputs"):
+        for spec in manifest[kind]:
+            lines.append(f"| {kind[:-1]} | {spec['name']} | {'x'.join(map(str, spec['shape']))} | "
+                         f"{spec['dtype']} | {spec['layout'] or '—'} |")
+    lines += ["", "## Files", "", "| file | size | sha256 |", "|---|---:|---|"]
+    for entry in manifest["files"]:
+        if entry["path"] == "report.md":
+            continue  # cannot list its own hash
+        lines.append(f"| {entry['path']} | {_size(entry['size'])} | `{entry['sha256'][:16]}…` |")
+    warnings = [f"{s['stage']}: {w}" for s in manifest["stages"] for w in s["warnings"]]
+    lines += ["", "## Warnings", ""]
+    lines += [f"- {w}" for w in warnings] or ["None."]
+    lines += [
+        "",
+        "## Run on the device",
+        "",
+        "```sh",
+        "python run.py --verify                          # check every file against the manifest",
+        "python run.py --input sample.npz --output out.npz",
+        "python run.py --benchmark --runs 100 --threads 2 --json",
+        "```",
+        "",
+        "Tool versions: " + ", ".join(f"{k} {v}" for k, v in manifest["tools"].items()) + ".",
+        "",
+    ]
+    return "\n".join(lines)

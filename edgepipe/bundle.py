@@ -1,0 +1,67 @@
+"""Assemble the flashable bundle folder (DESIGN.md section 3) in the staging area."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from edgepipe import build_report, manifest
+from edgepipe.config import Profile, Target
+from edgepipe.onnx_model import save
+from edgepipe.pipeline import PipelineResult
+from edgepipe.reference import Reference
+from edgepipe.sources import SourceModel
+
+RUNNER_SCRIPT = Path(__file__).parent / "device" / "run.py"
+PORTABLE_NAME = "model.onnx"
+
+
+def _copy_portable(result: PipelineResult, bundle: Path) -> None:
+    if result.portable.companion_files:
+        import onnx
+
+        # Re-save so the external-data location names the bundle's own data file.
+        save(onnx.load(str(result.portable.path)), bundle / PORTABLE_NAME)
+    else:
+        shutil.copyfile(result.portable.path, bundle / PORTABLE_NAME)
+
+
+def write_bundle(bundle: Path, *, source: SourceModel, target: Target, target_spec: str,
+                 profile: Profile, result: PipelineResult, reference: Reference,
+                 backend_versions: dict[str, str], seconds: float) -> dict[str, Any]:
+    """Write model.onnx, run.py, report.md and manifest.json beside the backend artifact."""
+    _copy_portable(result, bundle)
+    shutil.copyfile(RUNNER_SCRIPT, bundle / "run.py")
+    data: dict[str, Any] = {
+        "schema": manifest.SCHEMA,
+        "volatile": list(manifest.VOLATILE),
+        "model": {
+            "name": source.name,
+            "source": {"spec": source.spec, "kind": source.kind, "sha256": source.sha256,
+                       "notes": source.notes},
+        },
+        "target": {"requested": target_spec, **target.to_json()},
+        "profile": profile.to_json(),
+        "backend": {
+            "name": target.backend,
+            "artifact": result.deployed.path.name,
+            "runtime": target.runtime.model_dump(mode="json"),
+            "versions": backend_versions,
+        },
+        "portable_model": PORTABLE_NAME,
+        "inputs": [spec.to_json() | {"preprocessing": None} for spec in result.deployed.inputs],
+        "outputs": [spec.to_json() for spec in result.deployed.outputs],
+        "stages": [report.to_json() for report in result.stages],
+        "parity": {"reference_inputs": reference.origin, **result.parity.to_json()},
+        "tools": manifest.tool_versions(backend_versions),
+        "build": manifest.build_info(seconds),
+        "files": [],
+    }
+    # report.md lists the other files' hashes, so it is written from a manifest
+    # whose file list is complete except for itself.
+    data["files"] = manifest.file_entries(bundle)
+    (bundle / "report.md").write_text(build_report.render(data), encoding="utf-8")
+    data["files"] = manifest.file_entries(bundle)
+    manifest.write_json(bundle / manifest.MANIFEST_NAME, data)
+    return data

@@ -1,0 +1,277 @@
+"""The `edgepipe` command: parses, calls edgepipe.api, renders with rich, maps errors to exit codes.
+
+Progress and errors go to stderr so `--json` leaves stdout holding one JSON object.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from edgepipe import __version__
+from edgepipe.artifact import StageReport
+from edgepipe.errors import EdgepipeError
+
+app = typer.Typer(
+    name="edgepipe",
+    help="Compile neural networks for edge devices: export, optimize, lower, profile.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+
+def _stdout() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _stderr() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@contextmanager
+def _errors_to_exit_codes(debug: bool, as_json: bool) -> Iterator[None]:
+    """One line and an exit code for every failure; a traceback only with --debug."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except EdgepipeError as exc:
+        if debug:
+            raise
+        _fail(str(exc), exc.exit_code, as_json)
+    except KeyboardInterrupt:
+        _fail("interrupted; nothing was written", 130, as_json)
+    except Exception as exc:
+        if debug:
+            raise
+        _fail(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+              " (rerun with --debug for the traceback)", 3, as_json)
+
+
+def _fail(message: str, code: int, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps({"error": message, "exit_code": code}))
+    _stderr().print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    raise typer.Exit(code)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        print(f"edgepipe {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version_callback, is_eager=True,
+                                          help="Show the version and exit.")] = False,
+) -> None:
+    """Compile neural networks for edge devices."""
+
+
+def _stage_line(report: StageReport) -> str:
+    parity = report.parity
+    detail = ""
+    if parity is not None:
+        detail = f"max|Δ| {parity.max_abs_diff:.2e}  cos {parity.min_cosine:.6f}"
+        if parity.min_top1_agreement is not None:
+            detail += f"  top-1 {parity.min_top1_agreement:.3f}"
+    warn = f"  [yellow]({len(report.warnings)} warning{'s' * (len(report.warnings) > 1)})[/]" \
+        if report.warnings else ""
+    return f"[green]✓[/] {report.stage:<8} {report.seconds:7.2f} s  {detail}{warn}"
+
+
+@app.command()
+def build(
+    model: Annotated[str, typer.Argument(help="model.onnx, file.py:factory, TorchScript, .pt2, "
+                                              "or a pickled module (with --trust-pickle)")],
+    target: Annotated[str, typer.Option("--target", "-t", help="Target name, alias or TOML file.")]
+    = "cpu",
+    profile: Annotated[str | None, typer.Option("--profile", "-p",
+                                                help="Profile name or TOML file "
+                                                     "(default: the target's).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Bundle folder "
+                                             "(default: dist/<model>-<target>).")] = None,
+    inputs: Annotated[list[str] | None, typer.Option("--input", "-i",
+                                                     help="NAME:1x3x224x224[:dtype]; repeatable.")]
+    = None,
+    calib: Annotated[Path | None, typer.Option(help="Sample inputs (.npy/.npz or a folder).")]
+    = None,
+    weights: Annotated[Path | None, typer.Option(help="State dict for a file.py:factory model.")]
+    = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle.")] = False,
+    trust_pickle: Annotated[bool, typer.Option(
+        "--trust-pickle", help="Allow loading pickled modules (runs code from the file).")] = False,
+    as_json: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Build a deployable bundle of MODEL for a target."""
+    from edgepipe import api
+
+    err = _stderr()
+    with _errors_to_exit_codes(debug, as_json):
+        def on_stage(report: StageReport) -> None:
+            err.print(_stage_line(report))
+            for warning in report.warnings:
+                err.print(f"  [yellow]warning:[/] {warning}", markup=True, highlight=False)
+
+        result = api.build(model, target=target, profile=profile, out=out, inputs=inputs or [],
+                           calib=calib, weights=weights, force=force, trust_pickle=trust_pickle,
+                           on_stage=on_stage)
+        if as_json:
+            _print_json(result.summary)
+            return
+        summary = result.summary
+        parity = summary["parity"]
+        console = _stdout()
+        console.print(f"[bold]bundle[/] {result.bundle}  ({summary['backend']}, "
+                      f"{summary['size_bytes'] / 2**20:.1f} MiB)")
+        console.print(f"parity vs source: max|Δ| {parity['max_abs_diff']:.2e}, "
+                      f"cosine {parity['min_cosine']:.6f} on {parity['reference_inputs']}")
+
+
+@app.command()
+def inspect(
+    path: Annotated[Path, typer.Argument(help="An .onnx model or a bundle folder.")],
+    as_json: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Show a model's inputs, outputs, opsets, ops and size, or a bundle's summary."""
+    from edgepipe import api
+
+    with _errors_to_exit_codes(debug, as_json):
+        info = api.inspect(path)
+        if as_json:
+            _print_json(info)
+            return
+        console = _stdout()
+        table = Table(title=str(path), show_header=False)
+        for key, value in info.items():
+            if isinstance(value, list | dict):
+                value = json.dumps(value) if len(json.dumps(value)) < 200 else \
+                    json.dumps(value)[:197] + "..."
+            table.add_row(key, str(value))
+        console.print(table)
+
+
+@app.command()
+def verify(
+    bundle: Annotated[Path, typer.Argument(help="A bundle folder.")],
+    as_json: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Re-check every file of a bundle against its manifest (exit 1 on any difference)."""
+    from edgepipe import api
+
+    with _errors_to_exit_codes(debug, as_json):
+        problems = api.verify(bundle)
+        if as_json:
+            _print_json({"bundle": str(bundle), "ok": not problems, "problems": problems})
+        elif problems:
+            for problem in problems:
+                _stderr().print(f"[bold red]mismatch:[/] {problem}", markup=True, highlight=False)
+        else:
+            _stdout().print(f"{bundle}: every file matches the manifest")
+        if problems:
+            raise typer.Exit(1)
+
+
+@app.command()
+def profile(
+    bundle: Annotated[Path, typer.Argument(help="A bundle folder.")],
+    runs: Annotated[int, typer.Option(help="Timed runs.")] = 100,
+    warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 10,
+    threads: Annotated[int | None, typer.Option(help="Runtime threads (default: the target's).")]
+    = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o",
+                                             help="Where to write profile.json "
+                                                  "(default: beside the bundle).")] = None,
+    as_json: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Time a bundle on this machine with its own run.py, in a fresh process."""
+    from edgepipe import api
+
+    with _errors_to_exit_codes(debug, as_json):
+        path, data = api.profile(bundle, runs=runs, warmup=warmup, threads=threads, out=out)
+        if as_json:
+            _print_json(data)
+            return
+        _render_profile(path, data)
+
+
+def _render_profile(path: Path, data: dict[str, Any]) -> None:
+    summary = data["latency_ms"]["summary"]
+    runtime = data["runtime"]
+    table = Table(title=f"{data['bundle']['model']} on {data['bundle']['target']} "
+                        f"({runtime['name']} {runtime['version']}, threads "
+                        f"{data['settings']['threads']})")
+    for column in ("p50", "p90", "p99", "mean", "std", "min", "max"):
+        table.add_column(f"{column} ms", justify="right")
+    table.add_column("inf/s", justify="right")
+    table.add_row(*(f"{summary[c]:.3f}" for c in ("p50", "p90", "p99", "mean", "std", "min", "max")),
+                  f"{summary['throughput_per_s']:.1f}")
+    console = _stdout()
+    console.print(table)
+    cold = data["cold_start_ms"]
+    console.print(f"cold start {cold['total']:.1f} ms (load {cold['load']:.1f} + first inference "
+                  f"{cold['first_inference']:.1f}); peak RSS {data['memory']['peak_rss_mb']:.0f} MiB; "
+                  f"{data['settings']['runs']} runs on {data['device']['cpu']}")
+    console.print(f"written to {path}")
+
+
+def _listing(rows: list[dict[str, Any]], columns: list[str], title: str, as_json: bool) -> None:
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(", ".join(v) if isinstance(v, list) else str(v)
+                        for v in (row[c] for c in columns)))
+    _stdout().print(table)
+
+
+@app.command()
+def targets(as_json: JsonOption = False, debug: DebugOption = False) -> None:
+    """List the built-in targets and their aliases."""
+    from edgepipe.config import list_targets
+
+    with _errors_to_exit_codes(debug, as_json):
+        rows = [{"name": t.name, "aliases": list(t.aliases), "backend": t.backend,
+                 "description": t.description} for t in list_targets()]
+        _listing(rows, ["name", "aliases", "backend", "description"], "targets", as_json)
+
+
+@app.command()
+def profiles(as_json: JsonOption = False, debug: DebugOption = False) -> None:
+    """List the built-in optimization profiles."""
+    from edgepipe.config import list_profiles
+
+    with _errors_to_exit_codes(debug, as_json):
+        rows = [{"name": p.name, "stages": list(p.stages), "description": p.description}
+                for p in list_profiles()]
+        _listing(rows, ["name", "stages", "description"], "profiles", as_json)
+
+
+def main() -> None:
+    app()
+
+

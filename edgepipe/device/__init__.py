@@ -1,0 +1,1 @@
+"""Files copied verbatim into every bundle; they must not import edgepipe."""

@@ -1,0 +1,268 @@
+#!/usr/bin/env python3
+"""Run or time this edgepipe bundle on the device.
+
+Needs only numpy and the backend's runtime (e.g. `pip install numpy onnxruntime`);
+it deliberately imports nothing from edgepipe, so it runs where edgepipe is not
+installed. It re-implements the few checks it needs (hashes, input shapes) for
+that reason.
+
+    python run.py --verify
+    python run.py --input sample.npz --output out.npz
+    python run.py --benchmark --runs 100 --warmup 10 --threads 2 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA = "edgepipe.bundle/1"
+
+
+class RunError(Exception):
+    def __init__(self, message: str, exit_code: int = 2) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# ---------------------------------------------------------------- backends
+
+
+class OnnxRuntimeModel:
+    """The bundle's ONNX Runtime artifact with the target's session settings."""
+
+    def __init__(self, bundle: Path, manifest: dict, threads: int | None) -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise RunError("this bundle needs onnxruntime: pip install onnxruntime", 3) from None
+        settings = manifest["backend"]["runtime"]
+        options = ort.SessionOptions()
+        levels = {"disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+                  "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                  "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                  "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
+        options.graph_optimization_level = levels[settings["graph_optimization_level"]]
+        options.intra_op_num_threads = settings["threads"] if threads is None else threads
+        options.inter_op_num_threads = settings["inter_op_threads"]
+        options.execution_mode = (ort.ExecutionMode.ORT_SEQUENTIAL
+                                  if settings["execution_mode"] == "sequential"
+                                  else ort.ExecutionMode.ORT_PARALLEL)
+        options.log_severity_level = 3
+        available = set(ort.get_available_providers())
+        self.providers = [p for p in settings["providers"] if p in available] or [
+            "CPUExecutionProvider"]
+        path = bundle / manifest["backend"]["artifact"]
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=self.providers)
+        except Exception as exc:
+            raise RunError(f"onnxruntime could not load {path.name}: "
+                           f"{str(exc).strip().splitlines()[0]}", 3) from None
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.runtime = {"name": "onnxruntime", "version": ort.__version__,
+                        "providers": self.session.get_providers(),
+                        "threads": options.intra_op_num_threads}
+        built_with = manifest["backend"].get("versions", {}).get("onnxruntime")
+        self.warnings = []
+        if built_with and built_with.split(".")[:2] != ort.__version__.split(".")[:2]:
+            self.warnings.append(f"bundle optimized with onnxruntime {built_with}, running "
+                                 f"{ort.__version__}: rebuild for the device's version if it fails")
+
+    def infer(self, feed: dict) -> dict:
+        return dict(zip(self.output_names, self.session.run(self.output_names, feed), strict=True))
+
+
+BACKENDS = {"onnxruntime": OnnxRuntimeModel}
+
+
+# ---------------------------------------------------------------- bundle and inputs
+
+
+def load_manifest(bundle: Path) -> dict:
+    path = bundle / "manifest.json"
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RunError(f"{path}: missing; is {bundle} an edgepipe bundle?") from None
+    except ValueError as exc:
+        raise RunError(f"{path}: not valid JSON ({exc})") from None
+    if manifest.get("schema") != SCHEMA:
+        raise RunError(f"{path}: schema is not {SCHEMA}")
+    return manifest
+
+
+def verify(bundle: Path, manifest: dict) -> list:
+    problems = []
+    for entry in manifest["files"]:
+        path = bundle / entry["path"]
+        if not path.is_file():
+            problems.append(f"{entry['path']}: missing")
+            continue
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda h=handle: h.read(1 << 20), b""):
+                digest.update(block)
+        if path.stat().st_size != entry["size"] or digest.hexdigest() != entry["sha256"]:
+            problems.append(f"{entry['path']}: differs from the manifest")
+    return problems
+
+
+def read_inputs(path: Path, specs: list) -> dict:
+    try:
+        if path.suffix == ".npy":
+            if len(specs) != 1:
+                raise RunError(f"{path}: the model has {len(specs)} inputs; use a .npz")
+            arrays = {specs[0]["name"]: np.load(path, allow_pickle=False)}
+        else:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise RunError(f"{path}: unreadable ({exc})") from None
+    feed = {}
+    for spec in specs:
+        if spec["name"] not in arrays:
+            raise RunError(f"{path}: no array named '{spec['name']}'")
+        array = arrays[spec["name"]]
+        if array.dtype.name != spec["dtype"] or list(array.shape) != spec["shape"]:
+            raise RunError(f"{path}: '{spec['name']}' is {array.dtype.name} {list(array.shape)}, "
+                           f"the model expects {spec['dtype']} {spec['shape']}")
+        feed[spec["name"]] = array
+    return feed
+
+
+def random_inputs(specs: list, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for spec in specs:
+        dtype = np.dtype(spec["dtype"])
+        if dtype.kind == "f":
+            feed[spec["name"]] = rng.standard_normal(spec["shape"]).astype(dtype)
+        else:
+            feed[spec["name"]] = rng.integers(0, 2, spec["shape"]).astype(dtype)
+    return feed
+
+
+def peak_rss_mb() -> float | None:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+# ---------------------------------------------------------------- modes
+
+
+def benchmark(args: argparse.Namespace, bundle: Path, manifest: dict, feed: dict) -> dict:
+    backend = BACKENDS[manifest["backend"]["name"]]
+    started = time.perf_counter_ns()
+    model = backend(bundle, manifest, args.threads)
+    loaded = time.perf_counter_ns()
+    model.infer(feed)
+    first = time.perf_counter_ns()
+    for _ in range(args.warmup):
+        model.infer(feed)
+    latencies = []
+    for _ in range(args.runs):
+        begin = time.perf_counter_ns()
+        model.infer(feed)
+        latencies.append((time.perf_counter_ns() - begin) / 1e6)
+    return {
+        "schema": "edgepipe.run/1",
+        "model": manifest["model"]["name"],
+        "target": manifest["target"]["name"],
+        "runtime": model.runtime,
+        "warnings": model.warnings,
+        "load_ms": (loaded - started) / 1e6,
+        "first_inference_ms": (first - loaded) / 1e6,
+        "warmup": args.warmup,
+        "runs": args.runs,
+        "latencies_ms": latencies,
+        "peak_rss_mb": peak_rss_mb(),
+        "host": {"machine": platform.machine(), "system": platform.system(),
+                 "python": platform.python_version(), "cpus": os.cpu_count()},
+    }
+
+
+def run_once(args: argparse.Namespace, bundle: Path, manifest: dict, feed: dict) -> dict:
+    model = BACKENDS[manifest["backend"]["name"]](bundle, manifest, args.threads)
+    for warning in model.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    outputs = model.infer(feed)
+    if args.output:
+        np.savez(args.output, **outputs)
+    return {name: {"shape": list(v.shape), "dtype": v.dtype.name,
+                   "first_values": v.ravel()[:5].tolist()} for name, v in outputs.items()}
+
+
+def parse_args(argv: list) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    here = Path(__file__).resolve().parent
+    parser.add_argument("--bundle", type=Path, default=here, help="bundle folder (default: here)")
+    parser.add_argument("--verify", action="store_true", help="check files against the manifest")
+    parser.add_argument("--input", type=Path, help=".npy or .npz input (default: random)")
+    parser.add_argument("--output", type=Path, help="save outputs to this .npz")
+    parser.add_argument("--seed", type=int, default=0, help="seed for random inputs")
+    parser.add_argument("--benchmark", action="store_true", help="time repeated inference")
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads (default: the target's setting)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args(argv)
+    if args.runs < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 0):
+        parser.error("--runs must be >= 1, --warmup and --threads >= 0")
+    return args
+
+
+def main(argv: list | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        manifest = load_manifest(args.bundle)
+        if args.verify:
+            problems = verify(args.bundle, manifest)
+            for problem in problems:
+                print(f"verify: {problem}", file=sys.stderr)
+            if problems:
+                return 1
+            if not (args.input or args.benchmark or args.output):
+                print(f"verify: {len(manifest['files'])} files match the manifest")
+                return 0
+        if manifest["backend"]["name"] not in BACKENDS:
+            raise RunError(f"this run.py cannot run backend '{manifest['backend']['name']}'", 3)
+        specs = manifest["inputs"]
+        feed = read_inputs(args.input, specs) if args.input else random_inputs(specs, args.seed)
+        if args.benchmark:
+            result = benchmark(args, args.bundle, manifest, feed)
+            if args.json:
+                print(json.dumps(result))
+            else:
+                ordered = sorted(result["latencies_ms"])
+                print(f"{result['model']} on {result['runtime']['name']} "
+                      f"{result['runtime']['version']}: load {result['load_ms']:.1f} ms, "
+                      f"first {result['first_inference_ms']:.2f} ms, "
+                      f"median {ordered[len(ordered) // 2]:.3f} ms over {len(ordered)} runs")
+        else:
+            result = run_once(args, args.bundle, manifest, feed)
+            print(json.dumps(result) if args.json else
+                  "\n".join(f"{k}: {v['dtype']} {v['shape']} {v['first_values']}"
+                            for k, v in result.items()))
+    except RunError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

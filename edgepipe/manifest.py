@@ -1,0 +1,142 @@
+"""The bundle manifest (schema "edgepipe.bundle/1"): writing, reading and verifying it.
+
+Two builds of the same inputs with the same tool versions produce manifests
+that are equal outside the fields listed in `volatile` (JSON paths; `[]` means
+"every element", `[name]` the file entry with that path).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import socket
+import sys
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from edgepipe import __version__
+from edgepipe.errors import BadInputError
+
+SCHEMA = "edgepipe.bundle/1"
+MANIFEST_NAME = "manifest.json"
+VOLATILE = (
+    "build.time",
+    "build.host",
+    "build.seconds",
+    "stages[].seconds",
+    "files[report.md].sha256",
+    "files[report.md].size",
+)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_entries(bundle: Path) -> list[dict[str, Any]]:
+    """Every file in the bundle except the manifest itself, sorted by path."""
+    entries = []
+    for path in sorted(p for p in bundle.rglob("*") if p.is_file()):
+        relative = path.relative_to(bundle).as_posix()
+        if relative == MANIFEST_NAME:
+            continue
+        entries.append({"path": relative, "sha256": sha256_file(path),
+                        "size": path.stat().st_size})
+    return entries
+
+
+def build_time() -> str:
+    """Now, or SOURCE_DATE_EPOCH when set (reproducible-builds.org convention)."""
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch is not None:
+        try:
+            moment = datetime.fromtimestamp(int(epoch), UTC)
+        except ValueError:
+            raise BadInputError(f"SOURCE_DATE_EPOCH='{epoch}' is not a number of seconds") from None
+    else:
+        moment = datetime.now(UTC).replace(microsecond=0)
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def tool_versions(extra: dict[str, str]) -> dict[str, str]:
+    versions = {"edgepipe": __version__, "python": platform.python_version()}
+    for dist in ("numpy", "onnx", "onnx-ir"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    if "torch" in sys.modules:
+        versions["torch"] = sys.modules["torch"].__version__
+    versions.update(extra)
+    return dict(sorted(versions.items()))
+
+
+def build_info(seconds: float) -> dict[str, Any]:
+    return {"time": build_time(), "host": socket.gethostname(),
+            "platform": f"{platform.system()}-{platform.machine()}",
+            "seconds": round(seconds, 3)}
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def load_manifest(bundle: Path) -> dict[str, Any]:
+    path = bundle / MANIFEST_NAME
+    if not bundle.is_dir():
+        raise BadInputError(f"{bundle}: not a bundle folder")
+    if not path.is_file():
+        raise BadInputError(f"{bundle}: no {MANIFEST_NAME}; not an edgepipe bundle")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadInputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+        raise BadInputError(f"{path}: schema is not {SCHEMA}")
+    return manifest
+
+
+def verify_bundle(bundle: Path) -> list[str]:
+    """What differs between the bundle on disk and its manifest; empty when it is intact."""
+    manifest = load_manifest(bundle)
+    problems = []
+    listed = {entry["path"]: entry for entry in manifest.get("files", [])}
+    present = {entry["path"]: entry for entry in file_entries(bundle)}
+    for name, entry in listed.items():
+        found = present.get(name)
+        if found is None:
+            problems.append(f"{name}: missing")
+        elif found["size"] != entry["size"]:
+            problems.append(f"{name}: size {found['size']} bytes, manifest says {entry['size']}")
+        elif found["sha256"] != entry["sha256"]:
+            problems.append(f"{name}: sha256 differs from the manifest")
+    problems.extend(f"{name}: not listed in the manifest" for name in present if name not in listed)
+    return problems
+
+
+def summary(manifest: dict[str, Any], bundle: Path) -> dict[str, Any]:
+    """The part of a manifest a release pipeline reads: what, where, how well."""
+    return {
+        "bundle": str(bundle),
+        "model": manifest["model"]["name"],
+        "target": manifest["target"]["name"],
+        "profile": manifest["profile"]["name"],
+        "backend": manifest["backend"]["name"],
+        "artifact": manifest["backend"]["artifact"],
+        "inputs": manifest["inputs"],
+        "outputs": manifest["outputs"],
+        "parity": manifest["parity"],
+        "stages": [{"stage": s["stage"], "seconds": s["seconds"],
+                    "max_abs_diff": (s["parity"] or {}).get("max_abs_diff"),
+                    "min_cosine": (s["parity"] or {}).get("min_cosine")}
+                   for s in manifest["stages"]],
+        "size_bytes": sum(f["size"] for f in manifest["files"]),
+    }

@@ -1,0 +1,189 @@
+"""Loading, checking, describing and saving ONNX files safely.
+
+Every ONNX file a user hands us goes through `load_checked`, so a truncated
+file, a non-model or an external-data path escaping the model's folder is
+refused with one line before any tool parses it further.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import external_data_helper
+
+from edgepipe.artifact import TensorSpec, layout_guess
+from edgepipe.errors import BadInputError, first_line
+
+PROTOBUF_LIMIT = 2**31 - 1  # serialised models above this need external data
+
+
+def _all_tensors(graph: onnx.GraphProto):
+    """Initializers and tensor attributes, sub-graphs included (onnx's own walker is private)."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _all_tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _all_tensors(subgraph)
+
+
+def _external_locations(model: onnx.ModelProto) -> list[str]:
+    locations = []
+    for tensor in _all_tensors(model.graph):
+        if external_data_helper.uses_external_data(tensor):
+            info = {entry.key: entry.value for entry in tensor.external_data}
+            locations.append(info.get("location", ""))
+    return locations
+
+
+def check_external_data_paths(model: onnx.ModelProto, model_path: Path) -> list[Path]:
+    """Refuse external-data locations outside the model's folder; return the files used."""
+    base = model_path.resolve().parent
+    files = []
+    for location in sorted(set(_external_locations(model))):
+        candidate = (base / location).resolve()
+        if Path(location).is_absolute() or not candidate.is_relative_to(base):
+            raise BadInputError(
+                f"{model_path}: external data location '{location}' points outside the "
+                "model's folder; refused"
+            )
+        if not candidate.is_file():
+            raise BadInputError(f"{model_path}: external data file '{location}' is missing")
+        files.append(candidate)
+    return files
+
+
+def load_checked(path: Path) -> onnx.ModelProto:
+    """Load an ONNX model with its external data and run the ONNX checker on it."""
+    if not path.is_file():
+        raise BadInputError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise BadInputError(f"{path}: empty file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise BadInputError(f"{path}: not a valid ONNX model ({first_line(exc)})") from None
+    if not model.HasField("graph") or not model.graph.node or not model.opset_import:
+        raise BadInputError(f"{path}: not a valid ONNX model (no graph, nodes or opset)")
+    check_external_data_paths(model, path)
+    try:
+        external_data_helper.load_external_data_for_model(model, str(path.resolve().parent))
+    except Exception as exc:
+        raise BadInputError(f"{path}: cannot read external data ({first_line(exc)})") from None
+    try:
+        if model.ByteSize() < PROTOBUF_LIMIT:
+            onnx.checker.check_model(model)
+        else:
+            onnx.checker.check_model(str(path))
+    except onnx.checker.ValidationError as exc:
+        raise BadInputError(f"{path}: invalid ONNX model: {first_line(exc)}") from None
+    return model
+
+
+
+def _dtype_name(elem_type: int) -> str:
+    return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type)).name
+
+
+def _spec_of(value: onnx.ValueInfoProto) -> TensorSpec:
+    tensor_type = value.type.tensor_type
+    dims: list[int | str] = []
+    for dim in tensor_type.shape.dim:
+        if dim.HasField("dim_value"):
+            dims.append(int(dim.dim_value))
+        else:
+            dims.append(dim.dim_param or "?")
+    shape = tuple(dims)
+    return TensorSpec(value.name, shape, _dtype_name(tensor_type.elem_type), layout_guess(shape))
+
+
+def graph_inputs(model: onnx.ModelProto) -> tuple[TensorSpec, ...]:
+    """The inputs a caller feeds: graph inputs that are not initializers."""
+    initializers = {init.name for init in model.graph.initializer}
+    return tuple(_spec_of(v) for v in model.graph.input if v.name not in initializers)
+
+
+def graph_outputs(model: onnx.ModelProto) -> tuple[TensorSpec, ...]:
+    return tuple(_spec_of(v) for v in model.graph.output)
+
+
+def set_static_input_shapes(model: onnx.ModelProto, specs: tuple[TensorSpec, ...]) -> None:
+    """Write resolved static shapes into the graph so later tools can fold shape sub-graphs."""
+    by_name = {spec.name: spec for spec in specs}
+    for value in model.graph.input:
+        spec = by_name.get(value.name)
+        if spec is None:
+            continue
+        shape = value.type.tensor_type.shape
+        for dim, size in zip(shape.dim, spec.shape, strict=True):
+            dim.Clear()
+            dim.dim_value = int(size)
+
+
+def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Clean an exported graph with onnx_ir's standard passes.
+
+    The legacy torch exporter can leave initializers behind Identity nodes and
+    unused nodes; TFLite and TensorRT converters choke on those, so the graph is
+    tidied here once, before any stage sees it.
+    """
+    import onnx_ir
+    from onnx_ir.passes import Sequential
+    from onnx_ir.passes import common as passes
+
+    ir_model = onnx_ir.from_proto(model)
+    Sequential(
+        passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=16),
+        passes.RemoveInitializersFromInputsPass(),
+        passes.IdentityEliminationPass(),
+        passes.RemoveUnusedNodesPass(),
+        passes.RemoveUnusedOpsetsPass(),
+        passes.TopologicalSortPass(),
+    )(ir_model)
+    return onnx_ir.to_proto(ir_model)
+
+
+def infer_shapes(model: onnx.ModelProto, path_hint: Path) -> onnx.ModelProto:
+    try:
+        return onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True,
+                                                 data_prop=True)
+    except Exception as exc:
+        raise BadInputError(f"{path_hint}: shape inference failed: {first_line(exc)}") from None
+
+
+def save(model: onnx.ModelProto, path: Path) -> list[Path]:
+    """Save deterministically; large models keep their weights in one `<name>.data` file."""
+    if model.ByteSize() < PROTOBUF_LIMIT:
+        onnx.save_model(model, str(path))
+        return [path]
+    data_name = f"{path.name}.data"
+    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=data_name, size_threshold=1024)
+    return [path, path.parent / data_name]
+
+
+def describe(model: onnx.ModelProto) -> dict[str, Any]:
+    """Facts a user asks about first: I/O, opsets, op histogram, parameters."""
+    params = sum(int(np.prod(init.dims)) if init.dims else 1 for init in model.graph.initializer)
+    ops = Counter(
+        f"{node.domain}.{node.op_type}" if node.domain not in ("", "ai.onnx") else node.op_type
+        for node in model.graph.node
+    )
+    return {
+        "inputs": [spec.to_json() for spec in graph_inputs(model)],
+        "outputs": [spec.to_json() for spec in graph_outputs(model)],
+        "opsets": {op.domain or "ai.onnx": op.version for op in model.opset_import},
+        "ir_version": model.ir_version,
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "nodes": len(model.graph.node),
+        "op_histogram": dict(sorted(ops.items(), key=lambda item: (-item[1], item[0]))),
+        "parameters": params,
+    }

@@ -1,0 +1,111 @@
+"""Output parity between a transformed model and the reference it must match."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+Feed = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class OutputParity:
+    name: str
+    max_abs_diff: float
+    mean_abs_diff: float
+    cosine: float
+    top1_agreement: float | None  # for classifier-shaped (batch, classes) outputs
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "max_abs_diff": float(f"{self.max_abs_diff:.6g}"),
+            "mean_abs_diff": float(f"{self.mean_abs_diff:.6g}"),
+            "cosine": float(f"{self.cosine:.9f}"),
+            "top1_agreement": self.top1_agreement,
+        }
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    samples: int
+    outputs: tuple[OutputParity, ...]
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max(o.max_abs_diff for o in self.outputs)
+
+    @property
+    def min_cosine(self) -> float:
+        return min(o.cosine for o in self.outputs)
+
+    @property
+    def min_top1_agreement(self) -> float | None:
+        values = [o.top1_agreement for o in self.outputs if o.top1_agreement is not None]
+        return min(values) if values else None
+
+    def violations(self, budget: Any) -> list[str]:
+        """Each way the report exceeds `budget` (an AccuracyBudget), as a readable phrase."""
+        found = []
+        for out in self.outputs:
+            if out.max_abs_diff > budget.max_abs_diff:
+                found.append(f"output '{out.name}' max abs diff {out.max_abs_diff:.3g} "
+                             f"> {budget.max_abs_diff:g}")
+            if out.cosine < budget.min_cosine:
+                found.append(f"output '{out.name}' cosine {out.cosine:.6f} < {budget.min_cosine:g}")
+            if out.top1_agreement is not None and out.top1_agreement < budget.min_top1_agreement:
+                found.append(f"output '{out.name}' top-1 agreement {out.top1_agreement:.3f} "
+                             f"< {budget.min_top1_agreement:g}")
+        return found
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "samples": self.samples,
+            "max_abs_diff": float(f"{self.max_abs_diff:.6g}"),
+            "min_cosine": float(f"{self.min_cosine:.9f}"),
+            "min_top1_agreement": self.min_top1_agreement,
+            "outputs": [o.to_json() for o in self.outputs],
+        }
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+    if norm == 0.0:
+        # Two all-zero outputs are identical; one all-zero output is not.
+        return 1.0 if not a.any() and not b.any() else 0.0
+    return float(np.dot(a, b) / norm)
+
+
+def compare_outputs(reference: Sequence[Feed], candidate: Sequence[Feed]) -> ParityReport:
+    """Compare per output over all samples, matching outputs by position.
+
+    Outputs are matched by position because exporters and optimizers may rename
+    them; the reference's names are the ones reported.
+    """
+    if len(reference) != len(candidate):
+        raise ValueError("reference and candidate have different sample counts")
+    names = list(reference[0])
+    results = []
+    for position, name in enumerate(names):
+        ref = [np.asarray(list(sample.values())[position]) for sample in reference]
+        got = [np.asarray(list(sample.values())[position]) for sample in candidate]
+        ref_flat = np.concatenate([r.astype(np.float64).ravel() for r in ref])
+        got_flat = np.concatenate([g.astype(np.float64).ravel() for g in got])
+        if ref_flat.shape != got_flat.shape:
+            raise ValueError(f"output '{name}' changed shape: {ref[0].shape} -> {got[0].shape}")
+        diff = np.abs(ref_flat - got_flat)
+        top1 = None
+        if all(r.ndim == 2 and r.shape[1] > 1 for r in ref):
+            agree = sum(int((r.argmax(1) == g.argmax(1)).sum()) for r, g in zip(ref, got, strict=True))
+            top1 = agree / sum(r.shape[0] for r in ref)
+        results.append(OutputParity(
+            name=name,
+            max_abs_diff=float(diff.max()) if diff.size else 0.0,
+            mean_abs_diff=float(diff.mean()) if diff.size else 0.0,
+            cosine=_cosine(ref_flat, got_flat),
+            top1_agreement=top1,
+        ))
+    return ParityReport(samples=len(reference), outputs=tuple(results))

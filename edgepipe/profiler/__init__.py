@@ -1,0 +1,1 @@
+"""Latency profiling of bundles (schema "edgepipe.profile/1")."""

@@ -1,0 +1,123 @@
+"""Sample inputs and the reference outputs every stage is compared against.
+
+The reference is the user's own model run by its own framework: torch for torch
+sources, ONNX Runtime with every graph optimization off for ONNX sources.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgepipe.artifact import TensorSpec
+from edgepipe.errors import BadInputError, first_line
+from edgepipe.sources import SourceModel
+
+Feed = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Reference:
+    inputs: list[Feed]
+    outputs: list[Feed]
+    origin: str  # how the inputs were made, for the report
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self.outputs[0])
+
+
+def random_samples(specs: tuple[TensorSpec, ...], count: int, seed: int,
+                   examples: Mapping[str, np.ndarray] | None = None) -> list[Feed]:
+    """Seeded inputs; the first sample is the model's own example where it has one.
+
+    Integer inputs (token ids, masks, indices) are drawn from the example's value
+    range, else from {0, 1}, which is valid for any embedding or mask.
+    """
+    rng = np.random.default_rng(seed)
+    samples = []
+    for index in range(count):
+        feed: Feed = {}
+        for spec in specs:
+            shape = tuple(int(d) for d in spec.shape)
+            example = None if examples is None else examples.get(spec.name)
+            if example is not None and tuple(example.shape) != shape:
+                example = None
+            dtype = np.dtype(spec.dtype)
+            if index == 0 and example is not None:
+                feed[spec.name] = np.ascontiguousarray(example)
+            elif dtype.kind == "f":
+                feed[spec.name] = rng.standard_normal(shape).astype(dtype)
+            elif dtype.kind == "b":
+                feed[spec.name] = rng.integers(0, 2, shape).astype(bool)
+            elif dtype.kind in "iu":
+                low, high = (0, 2) if example is None else (int(example.min()), int(example.max()) + 1)
+                feed[spec.name] = rng.integers(low, high, shape).astype(dtype)
+            else:
+                raise BadInputError(f"input '{spec.name}': cannot make samples of dtype {dtype}")
+        samples.append(feed)
+    return samples
+
+
+def _flatten_torch_outputs(value: Any, prefix: str = "output") -> list[tuple[str, Any]]:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [(prefix, value)]
+    if isinstance(value, Mapping):
+        return [pair for key, item in value.items() for pair in _flatten_torch_outputs(item, str(key))]
+    if isinstance(value, list | tuple):
+        flat = [pair for i, item in enumerate(value)
+                for pair in _flatten_torch_outputs(item, f"{prefix}_{i}")]
+        return flat
+    raise BadInputError(f"model returned {type(value).__name__}; expected tensors")
+
+
+def torch_outputs(source: SourceModel, specs: tuple[TensorSpec, ...], inputs: list[Feed]) -> list[Feed]:
+    import torch
+
+    module = source.module.module() if source.kind == "exported_program" else source.module
+    results = []
+    with torch.inference_mode():
+        for feed in inputs:
+            args = [torch.from_numpy(np.ascontiguousarray(feed[s.name])) for s in specs]
+            try:
+                value = module(*args)
+            except Exception as exc:
+                raise BadInputError(
+                    f"{source.spec}: forward pass failed on inputs "
+                    f"{ {s.name: list(s.shape) for s in specs} }: {first_line(exc)}"
+                ) from None
+            flat = _flatten_torch_outputs(value)
+            if len(flat) == 1:
+                flat = [("output", flat[0][1])]
+            results.append({name: t.detach().cpu().numpy() for name, t in flat})
+    return results
+
+
+def onnx_outputs(model_path: Path, specs: tuple[TensorSpec, ...], inputs: list[Feed]) -> list[Feed]:
+    from edgepipe.backends.onnxruntime import OnnxRuntimeRunner, OnnxRuntimeRuntimeSettings
+
+    with OnnxRuntimeRunner(model_path, specs, OnnxRuntimeRuntimeSettings(), level="disabled") as runner:
+        return [runner.infer(feed) for feed in inputs]
+
+
+def make_reference(source: SourceModel, specs: tuple[TensorSpec, ...], count: int, seed: int,
+                   samples: list[Feed] | None = None, samples_origin: str = "") -> Reference:
+    if samples is None:
+        examples = None
+        if source.example_inputs:
+            examples = {k: v.detach().cpu().numpy() for k, v in source.example_inputs.items()}
+        samples = random_samples(specs, count, seed, examples)
+        origin = f"{count} seeded random samples (seed {seed})"
+    else:
+        origin = samples_origin
+    if source.kind == "onnx":
+        outputs = onnx_outputs(source.path, specs, samples)
+    else:
+        outputs = torch_outputs(source, specs, samples)
+    return Reference(inputs=samples, outputs=outputs, origin=origin)

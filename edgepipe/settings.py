@@ -1,0 +1,26 @@
+"""Shared base for every typed settings block (targets, profiles, stages, backends).
+
+Each block declares its schema as a pydantic model, so defaults, validation and
+the listing of options come from one place; unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+
+class StrictModel(BaseModel):
+    """A settings block: unknown keys are rejected, values are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def describe_validation_error(error: ValidationError, source: str, prefix: str = "") -> str:
+    """Turn pydantic's multi-line report into one line naming the file and the key."""
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in (prefix, *first["loc"]) if part != "")
+    if first["type"] == "extra_forbidden":
+        return f"{source}: unknown key '{key}'"
+    if first["type"] == "missing":
+        return f"{source}: missing key '{key}'"
+    return f"{source}: key '{key}': {first['msg']}"

@@ -1,0 +1,96 @@
+"""`--input NAME:1x3x224x224[:dtype]` specs and their resolution against a model's inputs."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from edgepipe.artifact import TensorSpec, layout_guess
+from edgepipe.errors import BadInputError
+
+_SPEC = re.compile(r"^(?P<name>[^:]+):(?P<dims>\d+(?:x\d+)*)(?::(?P<dtype>[a-z0-9]+))?$")
+EXAMPLE = "input:1x3x224x224"
+
+
+@dataclass(frozen=True)
+class InputOverride:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str | None
+
+
+def parse_input_spec(text: str) -> InputOverride:
+    match = _SPEC.match(text.strip())
+    if not match:
+        raise BadInputError(
+            f"bad --input '{text}': expected NAME:DIMxDIMx...[:dtype], e.g. {EXAMPLE}"
+        )
+    dims = tuple(int(d) for d in match["dims"].split("x"))
+    if any(d == 0 for d in dims):
+        raise BadInputError(f"bad --input '{text}': dimensions must be positive")
+    dtype = match["dtype"]
+    if dtype is not None:
+        try:
+            dtype = np.dtype(dtype).name
+        except TypeError:
+            raise BadInputError(f"bad --input '{text}': unknown dtype '{dtype}'") from None
+    return InputOverride(match["name"], dims, dtype)
+
+
+def parse_input_specs(texts: Sequence[str]) -> dict[str, InputOverride]:
+    overrides: dict[str, InputOverride] = {}
+    for text in texts:
+        override = parse_input_spec(text)
+        if override.name in overrides:
+            raise BadInputError(f"--input '{override.name}' given twice")
+        overrides[override.name] = override
+    return overrides
+
+
+def resolve_inputs(
+    declared: Sequence[TensorSpec], overrides: dict[str, InputOverride]
+) -> tuple[TensorSpec, ...]:
+    """Give every declared input a static shape: the model's own, or the user's override."""
+    names = [spec.name for spec in declared]
+    for name in overrides:
+        if name not in names:
+            raise BadInputError(
+                f"--input names '{name}', but the model's inputs are: {', '.join(names)}"
+            )
+    resolved = []
+    for spec in declared:
+        override = overrides.get(spec.name)
+        if override is None:
+            if not spec.is_static:
+                raise BadInputError(
+                    f"input '{spec.name}' has dynamic shape {_show(spec.shape)}: "
+                    f"give it one with --input {spec.name}:"
+                    + "x".join(str(d) if isinstance(d, int) and d > 0 else "N" for d in spec.shape)
+                )
+            resolved.append(spec)
+            continue
+        if len(override.shape) != len(spec.shape):
+            raise BadInputError(
+                f"--input {override.name}: {len(override.shape)} dimensions given, "
+                f"but the model's input has {len(spec.shape)}: {_show(spec.shape)}"
+            )
+        for given, own in zip(override.shape, spec.shape, strict=True):
+            if isinstance(own, int) and own > 0 and given != own:
+                raise BadInputError(
+                    f"--input {override.name}: shape {_show(override.shape)} does not fit "
+                    f"the model's input shape {_show(spec.shape)}"
+                )
+        if override.dtype is not None and override.dtype != spec.dtype:
+            raise BadInputError(
+                f"--input {override.name}: dtype {override.dtype} given, model expects {spec.dtype}"
+            )
+        resolved.append(TensorSpec(spec.name, override.shape, spec.dtype,
+                                   layout_guess(override.shape)))
+    return tuple(resolved)
+
+
+def _show(shape: Sequence[int | str]) -> str:
+    return "x".join(str(d) for d in shape)

@@ -1,0 +1,27 @@
+"""Stage registry. A stage is added by writing its module and adding one entry here."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from edgepipe.stages.base import BuildContext, Stage, StageOutcome
+from edgepipe.stages.export import ExportStage
+from edgepipe.stages.lower import LowerStage
+
+STAGES: dict[str, type[Stage]] = {
+    ExportStage.name: ExportStage,
+    LowerStage.name: LowerStage,
+}
+
+__all__ = ["STAGES", "BuildContext", "Stage", "StageOutcome", "validate_stage_order"]
+
+
+def validate_stage_order(stages: Sequence[str]) -> str | None:
+    """Why a stage list cannot run, or None: it starts with export and ends with lower."""
+    if not stages or stages[0] != "export":
+        return "the first stage must be 'export'"
+    if stages[-1] != "lower":
+        return "the last stage must be 'lower'"
+    if len(set(stages)) != len(stages):
+        return "a stage is listed twice"
+    return None

@@ -1,0 +1,47 @@
+"""The Stage protocol and the context a build hands to each stage."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from pydantic import BaseModel
+
+from edgepipe.artifact import Artifact, TensorSpec
+from edgepipe.config import Profile, Target
+from edgepipe.reference import Reference
+from edgepipe.sources import SourceModel
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """Everything a stage may read; stages write only to the path they are given."""
+
+    source: SourceModel
+    target: Target
+    profile: Profile
+    inputs: tuple[TensorSpec, ...]
+    reference: Reference
+    work_dir: Path  # intermediates: 00-export.onnx, 01-....onnx
+    bundle_dir: Path  # the lower stage writes the backend artifact here
+
+
+@dataclass
+class StageOutcome:
+    artifact: Artifact
+    metrics: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+class Stage(Protocol):
+    """Artifact in, new artifact out; never modifies its input.
+
+    The pipeline times every stage and checks its output against the reference,
+    so a stage only transforms.
+    """
+
+    name: ClassVar[str]
+    Settings: ClassVar[type[BaseModel]]
+
+    def run(self, model: Artifact, settings: Any, ctx: BuildContext, output: Path) -> StageOutcome: ...

@@ -1,0 +1,113 @@
+"""Export: turn the user's model into a checked, normalised ONNX file with static shapes.
+
+torch sources go through `torch.onnx.export`: the TorchScript-based exporter by
+default (opset 17, what TensorRT 8.5 and onnx2tf read best), the dynamo exporter
+on request and for `torch.export` programs, which only it accepts. ONNX sources
+are copied with their resolved input shapes written in.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from edgepipe import onnx_model
+from edgepipe.artifact import Artifact
+from edgepipe.errors import BadInputError, first_line
+from edgepipe.extras import require
+from edgepipe.settings import StrictModel
+from edgepipe.stages.base import BuildContext, StageOutcome
+
+
+class ExportSettings(StrictModel):
+    opset: int = Field(17, ge=11, le=23)
+    exporter: Literal["torchscript", "dynamo"] = "torchscript"
+
+
+class ExportStage:
+    name = "export"
+    Settings = ExportSettings
+
+    def run(self, model: Artifact, settings: ExportSettings, ctx: BuildContext,
+            output: Path) -> StageOutcome:
+        notes: list[str] = []
+        if ctx.source.kind == "onnx":
+            proto = ctx.source.onnx_model
+            exporter = "none (ONNX source)"
+        else:
+            proto, exporter, notes = _export_torch(ctx, settings)
+        proto = _finish(proto, ctx, output)
+        files = onnx_model.save(proto, output)
+        artifact = Artifact(output, "onnx", ctx.inputs, onnx_model.graph_outputs(proto),
+                            tuple(files[1:]))
+        opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+        return StageOutcome(artifact, metrics={"exporter": exporter, "opset": opset,
+                                               "nodes": len(proto.graph.node)}, warnings=notes)
+
+
+def _finish(proto, ctx: BuildContext, output: Path):
+    """Static shapes, tidy graph, inferred shapes, checker: the contract of every later stage."""
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)  # the source model is shared with the reference: never edit it
+    proto = copy
+    onnx_model.set_static_input_shapes(proto, ctx.inputs)
+    proto = onnx_model.normalise(proto)
+    proto = onnx_model.infer_shapes(proto, output)
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        raise BadInputError(f"exported model fails the ONNX checker: {first_line(exc)}") from None
+    return proto
+
+
+def _export_torch(ctx: BuildContext, settings: ExportSettings):
+    import onnx
+
+    torch = require("torch", "exporting a PyTorch model")
+    source = ctx.source
+    exporter = settings.exporter
+    notes: list[str] = []
+    if source.kind == "exported_program" and exporter != "dynamo":
+        exporter = "dynamo"
+        notes.append("torch.export programs are exported with the dynamo exporter")
+    if source.kind == "torchscript" and exporter != "torchscript":
+        exporter = "torchscript"
+        notes.append("TorchScript archives are exported with the TorchScript exporter")
+    if exporter == "dynamo":
+        require("onnxscript", "the dynamo ONNX exporter")
+    args = tuple(torch.from_numpy(ctx.reference.inputs[0][spec.name]) for spec in ctx.inputs)
+    input_names = [spec.name for spec in ctx.inputs]
+    output_names = ctx.reference.output_names
+    with tempfile.TemporaryDirectory(dir=ctx.work_dir) as scratch, \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        path = Path(scratch) / "export.onnx"
+        try:
+            if exporter == "dynamo":
+                program = torch.onnx.export(
+                    source.module, args, dynamo=True, opset_version=settings.opset,
+                    input_names=input_names, output_names=output_names, verbose=False)
+                program.save(str(path))
+            else:
+                torch.onnx.export(
+                    source.module, args, str(path), dynamo=False, opset_version=settings.opset,
+                    input_names=input_names, output_names=output_names, do_constant_folding=True)
+        except Exception as exc:
+            raise BadInputError(f"{source.spec}: cannot export to ONNX ({exporter} exporter, "
+                                f"opset {settings.opset}): {first_line(exc)}") from None
+        proto = onnx.load(str(path))
+    for warning in caught:
+        # Deprecation notices about the exporter itself are noise to a user;
+        # tracer warnings ("the trace might not generalize") are not.
+        if issubclass(warning.category, DeprecationWarning | FutureWarning):
+            continue
+        message = first_line(Warning(str(warning.message)), 200)
+        if message not in notes:
+            notes.append(message)
+    return proto, exporter, notes
