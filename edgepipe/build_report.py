@@ -47,7 +47,9 @@ def render(manifest: dict[str, Any]) -> str:
         "## Parity of the deployed model",
         "",
         f"Compared with the source model on {parity['reference_inputs']}.",
-        f"Budget: max abs diff ≤ {budget['max_abs_diff']:g}, cosine ≥ {budget['min_cosine']:g}.",
+        f"Budget: every element within atol {budget['atol']:g} + rtol {budget['rtol']:g} · |ref| "
+        f"(worst: {parity['max_tolerance_ratio']:.3g}× the tolerance), cosine ≥ "
+        f"{budget['min_cosine']:g}.",
         "",
         "| output | max abs diff | mean abs diff | cosine | top-1 agreement |",
         "|---|---:|---:|---:|---:|",

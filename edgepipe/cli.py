@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from edgepipe import __version__
@@ -63,7 +64,7 @@ def _errors_to_exit_codes(debug: bool, as_json: bool) -> Iterator[None]:
 def _fail(message: str, code: int, as_json: bool) -> None:
     if as_json:
         print(json.dumps({"error": message, "exit_code": code}))
-    _stderr().print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    _stderr().print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
     raise typer.Exit(code)
 
 
@@ -129,7 +130,7 @@ def build(
         def on_stage(report: StageReport) -> None:
             err.print(_stage_line(report))
             for warning in report.warnings:
-                err.print(f"  [yellow]warning:[/] {warning}", markup=True, highlight=False)
+                err.print(f"  [yellow]warning:[/] {escape(warning)}", markup=True, highlight=False)
 
         result = api.build(model, target=target, profile=profile, out=out, inputs=inputs or [],
                            calib=calib, weights=weights, force=force, trust_pickle=trust_pickle,
@@ -140,7 +141,7 @@ def build(
         summary = result.summary
         parity = summary["parity"]
         console = _stdout()
-        console.print(f"[bold]bundle[/] {result.bundle}  ({summary['backend']}, "
+        console.print(f"[bold]bundle[/] {escape(str(result.bundle))}  ({summary['backend']}, "
                       f"{summary['size_bytes'] / 2**20:.1f} MiB)")
         console.print(f"parity vs source: max|Δ| {parity['max_abs_diff']:.2e}, "
                       f"cosine {parity['min_cosine']:.6f} on {parity['reference_inputs']}")
@@ -185,7 +186,7 @@ def verify(
             _print_json({"bundle": str(bundle), "ok": not problems, "problems": problems})
         elif problems:
             for problem in problems:
-                _stderr().print(f"[bold red]mismatch:[/] {problem}", markup=True, highlight=False)
+                _stderr().print(f"[bold red]mismatch:[/] {escape(problem)}", markup=True, highlight=False)
         else:
             _stdout().print(f"{bundle}: every file matches the manifest")
         if problems:

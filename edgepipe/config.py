@@ -159,7 +159,9 @@ def load_target(name: str) -> Target:
 class AccuracyBudget(StrictModel):
     """How far a transformed model may drift from the reference before the build fails."""
 
-    max_abs_diff: float = Field(1e-3, ge=0)
+    # Elementwise |got - ref| <= atol + rtol * |ref| (numpy.allclose), per output.
+    atol: float = Field(1e-3, ge=0)
+    rtol: float = Field(1e-3, ge=0)
     min_cosine: float = Field(0.9999, ge=-1, le=1)
     min_top1_agreement: float = Field(0.0, ge=0, le=1)
     samples: int = Field(8, ge=1, le=10_000)

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import socket
 import sys
 from datetime import UTC, datetime
@@ -31,6 +32,34 @@ VOLATILE = (
     "files[report.md].sha256",
     "files[report.md].size",
 )
+
+
+def without_volatile(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A copy without the fields the manifest itself lists as volatile, for comparing builds."""
+    import copy
+
+    stable = copy.deepcopy(manifest)
+    for field in stable.get("volatile", []):
+        # split on dots outside brackets: "files[report.md].sha256" has three parts
+        _drop(stable, re.findall(r"[^.\[]+(?:\[[^\]]*\])?", field))
+    return stable
+
+
+def _drop(node: Any, parts: list[str]) -> None:
+    head, rest = parts[0], parts[1:]
+    key, _, selector = head.partition("[")
+    selector = selector.rstrip("]")
+    if not isinstance(node, dict) or key not in node:
+        return
+    if not head.endswith("]"):
+        if rest:
+            _drop(node[key], rest)
+        else:
+            del node[key]
+        return
+    for item in node[key]:
+        if selector == "" or item.get("path") == selector:
+            _drop(item, rest)
 
 
 def sha256_file(path: Path) -> str:

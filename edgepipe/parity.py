@@ -17,6 +17,7 @@ class OutputParity:
     max_abs_diff: float
     mean_abs_diff: float
     cosine: float
+    tolerance_ratio: float  # worst |diff| / (atol + rtol * |ref|); above 1 fails allclose
     top1_agreement: float | None  # for classifier-shaped (batch, classes) outputs
 
     def to_json(self) -> dict[str, Any]:
@@ -25,6 +26,7 @@ class OutputParity:
             "max_abs_diff": float(f"{self.max_abs_diff:.6g}"),
             "mean_abs_diff": float(f"{self.mean_abs_diff:.6g}"),
             "cosine": float(f"{self.cosine:.9f}"),
+            "tolerance_ratio": float(f"{self.tolerance_ratio:.4g}"),
             "top1_agreement": self.top1_agreement,
         }
 
@@ -32,6 +34,8 @@ class OutputParity:
 @dataclass(frozen=True)
 class ParityReport:
     samples: int
+    atol: float
+    rtol: float
     outputs: tuple[OutputParity, ...]
 
     @property
@@ -51,9 +55,10 @@ class ParityReport:
         """Each way the report exceeds `budget` (an AccuracyBudget), as a readable phrase."""
         found = []
         for out in self.outputs:
-            if out.max_abs_diff > budget.max_abs_diff:
-                found.append(f"output '{out.name}' max abs diff {out.max_abs_diff:.3g} "
-                             f"> {budget.max_abs_diff:g}")
+            if out.tolerance_ratio > 1.0:
+                found.append(f"output '{out.name}' differs by up to {out.tolerance_ratio:.3g}x "
+                             f"the tolerance atol {self.atol:g} + rtol {self.rtol:g} * |ref| "
+                             f"(max abs diff {out.max_abs_diff:.3g})")
             if out.cosine < budget.min_cosine:
                 found.append(f"output '{out.name}' cosine {out.cosine:.6f} < {budget.min_cosine:g}")
             if out.top1_agreement is not None and out.top1_agreement < budget.min_top1_agreement:
@@ -64,6 +69,9 @@ class ParityReport:
     def to_json(self) -> dict[str, Any]:
         return {
             "samples": self.samples,
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "max_tolerance_ratio": float(f"{max(o.tolerance_ratio for o in self.outputs):.4g}"),
             "max_abs_diff": float(f"{self.max_abs_diff:.6g}"),
             "min_cosine": float(f"{self.min_cosine:.9f}"),
             "min_top1_agreement": self.min_top1_agreement,
@@ -79,8 +87,12 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / norm)
 
 
-def compare_outputs(reference: Sequence[Feed], candidate: Sequence[Feed]) -> ParityReport:
+def compare_outputs(reference: Sequence[Feed], candidate: Sequence[Feed], atol: float,
+                    rtol: float) -> ParityReport:
     """Compare per output over all samples, matching outputs by position.
+
+    The tolerance test is numpy.allclose's, |got - ref| <= atol + rtol * |ref| for
+    every element, so large-magnitude outputs are judged relative to their size.
 
     Outputs are matched by position because exporters and optimizers may rename
     them; the reference's names are the ones reported.
@@ -97,6 +109,9 @@ def compare_outputs(reference: Sequence[Feed], candidate: Sequence[Feed]) -> Par
         if ref_flat.shape != got_flat.shape:
             raise ValueError(f"output '{name}' changed shape: {ref[0].shape} -> {got[0].shape}")
         diff = np.abs(ref_flat - got_flat)
+        allowed = atol + rtol * np.abs(ref_flat)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(diff == 0, 0.0, diff / allowed)
         top1 = None
         if all(r.ndim == 2 and r.shape[1] > 1 for r in ref):
             agree = sum(int((r.argmax(1) == g.argmax(1)).sum()) for r, g in zip(ref, got, strict=True))
@@ -106,6 +121,7 @@ def compare_outputs(reference: Sequence[Feed], candidate: Sequence[Feed]) -> Par
             max_abs_diff=float(diff.max()) if diff.size else 0.0,
             mean_abs_diff=float(diff.mean()) if diff.size else 0.0,
             cosine=_cosine(ref_flat, got_flat),
+            tolerance_ratio=float(ratio.max()) if ratio.size else 0.0,
             top1_agreement=top1,
         ))
-    return ParityReport(samples=len(reference), outputs=tuple(results))
+    return ParityReport(samples=len(reference), atol=atol, rtol=rtol, outputs=tuple(results))

@@ -34,7 +34,8 @@ def runner_for(artifact: Artifact, ctx: BuildContext) -> Runner:
 def check_parity(artifact: Artifact, ctx: BuildContext) -> ParityReport:
     with runner_for(artifact, ctx) as runner:
         outputs = [runner.infer(feed) for feed in ctx.reference.inputs]
-    return compare_outputs(ctx.reference.outputs, outputs)
+    budget = ctx.profile.accuracy
+    return compare_outputs(ctx.reference.outputs, outputs, budget.atol, budget.rtol)
 
 
 def run_stages(ctx: BuildContext,

@@ -246,10 +246,14 @@ def _load_pickle(spec: str, path: Path, trust_pickle: bool) -> SourceModel:
             f"{path}: is a pickled Python object; unpickling runs arbitrary code, so it is loaded "
             "only with --trust-pickle (use it only for files you trust)"
         )
+    # Unpickling imports the model's classes; find them where `python` would: the cwd.
+    sys.path.insert(0, str(Path.cwd()))
     try:
         module = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise BadInputError(f"{path}: cannot be unpickled ({first_line(exc)})") from None
+    finally:
+        sys.path.remove(str(Path.cwd()))
     if not isinstance(module, torch.nn.Module):
         raise BadInputError(f"{path}: holds {type(module).__name__}, not an nn.Module")
     return SourceModel(spec=spec, kind="pickle", name=path.stem, files=(path,),

@@ -6,6 +6,7 @@ holds the previous bundle or nothing; never a half-written one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -45,18 +46,37 @@ def staging_area(out: Path, force: bool) -> Iterator[Path]:
     """A temporary folder beside `out` (same file system, so the final move is a rename)."""
     check_output(out, force)
     parent = out.parent
+    created = _missing_folders(parent)
     try:
         parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
     except OSError as exc:
-        raise BadInputError(f"cannot write to {parent}: {exc.strerror or exc}") from None
+        blocker = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is not a folder" if blocker else (exc.strerror or str(exc))
+        raise BadInputError(f"cannot write to {parent}: {reason}") from None
     (staging / "bundle").mkdir()
     (staging / "build").mkdir()
     (staging / "build" / BUILD_MARKER).write_text("intermediates of an edgepipe build\n")
+    published = False
     try:
         yield staging
+        published = not staging.joinpath("bundle").exists()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if not published:
+            for folder in created:  # deepest first; only the ones this build made
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """The folders `path.mkdir(parents=True)` would create, deepest first."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
 
 
 def publish(staging: Path, out: Path) -> None:

@@ -60,6 +60,7 @@ class OnnxRuntimeModel:
         available = set(ort.get_available_providers())
         self.providers = [p for p in settings["providers"] if p in available] or [
             "CPUExecutionProvider"]
+        missing = [p for p in settings["providers"] if p not in available]
         path = bundle / manifest["backend"]["artifact"]
         try:
             self.session = ort.InferenceSession(str(path), options, providers=self.providers)
@@ -72,6 +73,9 @@ class OnnxRuntimeModel:
                         "threads": options.intra_op_num_threads}
         built_with = manifest["backend"].get("versions", {}).get("onnxruntime")
         self.warnings = []
+        if missing:
+            self.warnings.append(f"{', '.join(missing)} not available in this onnxruntime: "
+                                 f"running on {', '.join(self.providers)}")
         if built_with and built_with.split(".")[:2] != ort.__version__.split(".")[:2]:
             self.warnings.append(f"bundle optimized with onnxruntime {built_with}, running "
                                  f"{ort.__version__}: rebuild for the device's version if it fails")

@@ -73,12 +73,11 @@ def _export_torch(ctx: BuildContext, settings: ExportSettings):
     source = ctx.source
     exporter = settings.exporter
     notes: list[str] = []
-    if source.kind == "exported_program" and exporter != "dynamo":
+    # Each archive kind has one exporter that reads it; the metrics record which ran.
+    if source.kind == "exported_program":
         exporter = "dynamo"
-        notes.append("torch.export programs are exported with the dynamo exporter")
-    if source.kind == "torchscript" and exporter != "torchscript":
+    if source.kind == "torchscript":
         exporter = "torchscript"
-        notes.append("TorchScript archives are exported with the TorchScript exporter")
     if exporter == "dynamo":
         require("onnxscript", "the dynamo ONNX exporter")
     args = tuple(torch.from_numpy(ctx.reference.inputs[0][spec.name]) for spec in ctx.inputs)

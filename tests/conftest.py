@@ -1,0 +1,100 @@
+"""Shared fixtures: real models, real runtimes, built once per session where read-only."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from edgepipe.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "models"
+DIGITS = f"{EXAMPLES / 'digits_cnn.py'}:digits_cnn"
+RESNET18 = f"{EXAMPLES / 'resnet.py'}:resnet18"
+MINILM_TINY = f"{EXAMPLES / 'transformer.py'}:minilm_tiny"
+
+
+def _cuda_available() -> bool:
+    try:
+        import onnxruntime
+
+        return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+    except ImportError:
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if _cuda_available():
+        return
+    skip = pytest.mark.skip(reason="needs an NVIDIA GPU with CUDA-enabled onnxruntime/TensorRT")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@dataclass
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli():
+    """Run `edgepipe ARGS` in-process, stdout and stderr kept apart."""
+    runner = CliRunner()
+
+    def invoke(*args: str) -> CliResult:
+        result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+        return CliResult(result.exit_code, result.stdout, result.stderr)
+
+    return invoke
+
+
+def run_edgepipe(*args: str, env: dict[str, str] | None = None,
+                 cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real console entry point in a fresh process."""
+    return subprocess.run([sys.executable, "-m", "edgepipe", *map(str, args)],
+                          capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          cwd=cwd, check=False, timeout=600)
+
+
+def assert_one_line_error(stderr: str, *fragments: str) -> None:
+    lines = [line for line in stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line, got:\n{stderr}"
+    assert "Traceback" not in stderr
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+
+
+@pytest.fixture(scope="session")
+def digits_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle of the (untrained) digits CNN, shared by tests that only read it."""
+    from edgepipe import api
+
+    out = tmp_path_factory.mktemp("bundles") / "digits-cpu"
+    api.build(DIGITS, target="cpu", out=out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The digits CNN as a plain ONNX file, as a user would bring one."""
+    import torch
+
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        from digits_cnn import digits_cnn
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    model, examples = digits_cnn()
+    path = tmp_path_factory.mktemp("onnx") / "digits.onnx"
+    torch.onnx.export(model, (examples["input"],), str(path), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["logits"])
+    return path

@@ -1,0 +1,78 @@
+"""The CLI's contract: help, version, listings, and the core working with no extras installed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from edgepipe import __version__
+from tests.conftest import RESNET18, ROOT, run_edgepipe
+
+
+def test_version_and_help(cli):
+    assert cli("--version").stdout.strip() == f"edgepipe {__version__}"
+    result = cli("--help")
+    assert result.exit_code == 0
+    for command in ("build", "inspect", "verify", "profile", "targets", "profiles"):
+        assert command in result.stdout
+
+
+def test_targets_lists_names_aliases_and_descriptions(cli):
+    rows = json.loads(cli("targets", "--json").stdout)
+    cpu = next(row for row in rows if row["name"] == "onnxruntime-cpu")
+    assert "cpu" in cpu["aliases"]
+    assert cpu["backend"] == "onnxruntime"
+    assert cpu["description"]
+    assert "onnxruntime-cpu" in cli("targets").stdout
+
+
+def test_profiles_lists_default_and_fp32(cli):
+    rows = {row["name"]: row for row in json.loads(cli("profiles", "--json").stdout)}
+    assert {"default", "fp32"} <= set(rows)
+    assert rows["default"]["stages"] == ["export", "lower"]
+
+
+def test_unknown_command_is_a_usage_error():
+    result = run_edgepipe("frobnicate")
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+
+
+# Blocks the optional heavy libraries the way a core-only install lacks them.
+_WITHOUT_EXTRAS = textwrap.dedent("""
+    import sys
+    for name in ("torch", "onnxscript", "openvino", "tensorrt", "tensorflow"):
+        sys.modules[name] = None
+    sys.argv = ["edgepipe", *sys.argv[1:]]
+    from edgepipe.cli import main
+    main()
+""")
+
+
+def _edgepipe_without_extras(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", _WITHOUT_EXTRAS, *args], capture_output=True,
+                          text=True, cwd=ROOT, check=False, timeout=120)
+
+
+def test_core_runs_without_extras():
+    assert _edgepipe_without_extras("--help").returncode == 0
+    listing = _edgepipe_without_extras("targets")
+    assert listing.returncode == 0, listing.stderr
+
+
+def test_torch_model_without_torch_names_the_extra():
+    result = _edgepipe_without_extras("build", RESNET18, "--out", "/tmp/never-written")
+    assert result.returncode == 3
+    assert "pip install 'edgepipe[torch]'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_importing_the_api_loads_no_heavy_library():
+    code = ("import sys, edgepipe.api, edgepipe.cli; "
+            "print(sorted(m for m in ('torch', 'openvino', 'tensorrt', 'tensorflow') "
+            "if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]"
