@@ -6,6 +6,7 @@ Progress and errors go to stderr so `--json` leaves stdout holding one JSON obje
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -272,7 +273,22 @@ def profiles(as_json: JsonOption = False, debug: DebugOption = False) -> None:
         _listing(rows, ["name", "stages", "description"], "profiles", as_json)
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, raised by our own SIGINT handler.
+
+    A subclass on purpose: when a plain KeyboardInterrupt passes through a nested
+    PyRun_* call (pybind11 runs some during `import torch`), CPython remembers it
+    and kills the process with SIGINT at exit even after we handled it, losing
+    exit code 130. CPython checks for the exact type, so a subclass avoids that.
+    """
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted()
+
+
 def main() -> None:
+    signal.signal(signal.SIGINT, _raise_interrupted)
     app()
 
 

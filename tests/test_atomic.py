@@ -1,0 +1,63 @@
+"""The output path holds a complete bundle or nothing: existing outputs, --force, failures, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+from edgepipe.manifest import verify_bundle
+from tests.conftest import RESNET18, ROOT, assert_one_line_error
+
+
+def test_existing_output_needs_force(cli, tmp_path, digits_onnx):
+    out = tmp_path / "b"
+    assert cli("build", digits_onnx, "--out", out).exit_code == 0
+    again = cli("build", digits_onnx, "--out", out)
+    assert again.exit_code == 2
+    assert_one_line_error(again.stderr, "already exists", "--force")
+    forced = cli("build", digits_onnx, "--out", out, "--force")
+    assert forced.exit_code == 0, forced.stderr
+    assert verify_bundle(out) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "b.build"]  # no staging left
+
+
+def test_failed_rebuild_keeps_the_previous_bundle(cli, tmp_path, digits_onnx):
+    out = tmp_path / "b"
+    assert cli("build", digits_onnx, "--out", out).exit_code == 0
+    before = json.loads((out / "manifest.json").read_text())
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(digits_onnx.read_bytes()[:500])
+    result = cli("build", broken, "--out", out, "--force")
+    assert result.exit_code == 2
+    assert json.loads((out / "manifest.json").read_text()) == before
+    assert verify_bundle(out) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "b.build", "broken.onnx"]
+
+
+def test_force_never_replaces_a_folder_that_is_not_a_bundle(cli, tmp_path, digits_onnx):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    result = cli("build", digits_onnx, "--out", precious, "--force")
+    assert result.exit_code == 2
+    assert_one_line_error(result.stderr, "refusing to replace", "not an edgepipe bundle")
+    assert (precious / "thesis.tex").read_text() == "years of work"
+
+
+def test_interrupt_in_the_middle_leaves_nothing(tmp_path):
+    out = tmp_path / "resnet18-cpu"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgepipe", "build", RESNET18, "--out", str(out)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not list(tmp_path.glob(".resnet18-cpu.*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # well inside loading or exporting
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr
+    assert list(tmp_path.iterdir()) == []

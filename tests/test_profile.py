@@ -1,0 +1,61 @@
+"""edgepipe profile: raw samples, summary, cold start, written beside the bundle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from edgepipe.profiler.stats import latency_summary
+from tests.conftest import assert_one_line_error
+
+
+def test_profile_writes_raw_samples_and_summary(cli, digits_bundle, tmp_path):
+    out = tmp_path / "p.json"
+    result = cli("profile", digits_bundle, "--runs", "20", "--warmup", "3", "--threads", "1",
+                 "--out", out)
+    assert result.exit_code == 0, result.stderr
+    assert "p50" in result.stdout and "cold start" in result.stdout
+    data = json.loads(out.read_text())
+    assert data["schema"] == "edgepipe.profile/1"
+    assert len(data["latency_ms"]["samples"]) == 20
+    summary = data["latency_ms"]["summary"]
+    assert summary["min"] <= summary["p50"] <= summary["p90"] <= summary["p99"] <= summary["max"]
+    assert summary == latency_summary(data["latency_ms"]["samples"])
+    assert data["settings"] == {**data["settings"], "runs": 20, "warmup": 3, "threads": 1}
+    assert data["cold_start_ms"]["total"] >= data["cold_start_ms"]["load"] > 0
+    assert data["runtime"]["name"] == "onnxruntime"
+    assert data["device"]["logical_cpus"] >= 1
+    assert data["energy"]["available"] is False and data["energy"]["reason"]
+    assert data["bundle"]["target"] == "onnxruntime-cpu"
+
+
+def test_profile_json_and_default_location(cli, digits_bundle, tmp_path):
+    bundle = tmp_path / "digits-cpu"
+    shutil.copytree(digits_bundle, bundle)
+    result = cli("profile", bundle, "--runs", "5", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["settings"]["runs"] == 5
+    assert (tmp_path / "digits-cpu.profile.json").is_file()
+    assert cli("verify", bundle).exit_code == 0  # profiling never writes into the bundle
+
+
+def test_profile_refuses_a_tampered_bundle(cli, digits_bundle, tmp_path):
+    bundle = tmp_path / "b"
+    shutil.copytree(digits_bundle, bundle)
+    (bundle / "model.ort.onnx").write_bytes(b"not a model")
+    result = cli("profile", bundle, "--runs", "3")
+    assert result.exit_code == 2
+    assert_one_line_error(result.stderr, "does not match its manifest", "model.ort.onnx")
+
+
+def test_profile_rejects_bad_settings(cli, digits_bundle):
+    result = cli("profile", digits_bundle, "--runs", "0")
+    assert result.exit_code == 2
+    assert_one_line_error(result.stderr, "--runs")
+
+
+def test_latency_summary_numbers():
+    summary = latency_summary([1.0, 2.0, 3.0, 4.0], batch=2)
+    assert summary["mean"] == 2.5 and summary["p50"] == 2.5
+    assert summary["min"] == 1.0 and summary["max"] == 4.0
+    assert summary["throughput_per_s"] == 800.0
