@@ -25,7 +25,7 @@ from edgepipe.shapes import parse_input_specs, resolve_inputs
 from edgepipe.sources import load_source
 from edgepipe.stages import BuildContext
 from edgepipe.stages.calibration import load_samples
-from edgepipe.staging import check_output, publish, staging_area
+from edgepipe.staging import publish, staging_area
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,6 @@ def build(
     overrides = parse_input_specs(inputs)
     target_label = resolved_target.name if target.endswith(".toml") else target
     out = out or Path("dist") / f"{model_name(model)}-{target_label}"
-    check_output(out, force)
     backend = get_backend(resolved_target.backend)
     with staging_area(out, force) as staging:
         source = load_source(model, trust_pickle=trust_pickle, weights=weights)
@@ -123,15 +122,22 @@ def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
-def inspect(path: Path) -> dict[str, Any]:
-    """What a model file or bundle holds."""
+def inspect(spec: str, *, trust_pickle: bool = False) -> dict[str, Any]:
+    """What a bundle or any model `build` accepts holds."""
+    path = Path(spec)
     if path.is_dir():
         manifest = manifest_io.load_manifest(path)
         return {"kind": "bundle", **manifest_io.summary(manifest, path)}
-    if path.suffix != ".onnx":
-        raise BadInputError(f"{path}: inspect reads .onnx models and bundle folders")
-    from edgepipe import onnx_model
+    source = load_source(spec, trust_pickle=trust_pickle)
+    size = sum(f.stat().st_size for f in source.files)
+    if source.kind == "onnx":
+        from edgepipe import onnx_model
 
-    model = onnx_model.load_checked(path)
-    return {"kind": "onnx", "path": str(path), "size_bytes": path.stat().st_size,
-            **onnx_model.describe(model)}
+        return {"kind": "onnx", "path": spec, "size_bytes": size,
+                **onnx_model.describe(source.onnx_model)}
+    module = source.module.module() if source.kind == "exported_program" else source.module
+    inputs = ([s.to_json() for s in source.declared_inputs({})] if source.example_inputs
+              else "not recorded: give --input shapes when building")
+    return {"kind": source.kind, "path": spec, "size_bytes": size,
+            "class": type(module).__name__, "inputs": inputs,
+            "parameters": sum(p.numel() for p in module.parameters())}

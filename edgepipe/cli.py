@@ -150,15 +150,17 @@ def build(
 
 @app.command()
 def inspect(
-    path: Annotated[Path, typer.Argument(help="An .onnx model or a bundle folder.")],
+    path: Annotated[str, typer.Argument(help="A bundle folder, or any model `build` accepts.")],
+    trust_pickle: Annotated[bool, typer.Option(
+        "--trust-pickle", help="Allow loading pickled modules (runs code from the file).")] = False,
     as_json: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
-    """Show a model's inputs, outputs, opsets, ops and size, or a bundle's summary."""
+    """Show a model's inputs, outputs, opsets, ops, parameters and size, or a bundle's summary."""
     from edgepipe import api
 
     with _errors_to_exit_codes(debug, as_json):
-        info = api.inspect(path)
+        info = api.inspect(path, trust_pickle=trust_pickle)
         if as_json:
             _print_json(info)
             return

@@ -20,6 +20,17 @@ RESNET18 = f"{EXAMPLES / 'resnet.py'}:resnet18"
 MINILM_TINY = f"{EXAMPLES / 'transformer.py'}:minilm_tiny"
 
 
+def import_example(name: str, folder: Path = EXAMPLES):
+    """Import an example module (examples/models/NAME.py or examples/NAME.py) by file."""
+    import importlib
+
+    sys.path.insert(0, str(folder))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(folder))
+
+
 def _cuda_available() -> bool:
     try:
         import onnxruntime
@@ -88,12 +99,7 @@ def digits_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The digits CNN as a plain ONNX file, as a user would bring one."""
     import torch
 
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        from digits_cnn import digits_cnn
-    finally:
-        sys.path.remove(str(EXAMPLES))
-    model, examples = digits_cnn()
+    model, examples = import_example("digits_cnn").digits_cnn()
     path = tmp_path_factory.mktemp("onnx") / "digits.onnx"
     torch.onnx.export(model, (examples["input"],), str(path), dynamo=False, opset_version=17,
                       input_names=["input"], output_names=["logits"])

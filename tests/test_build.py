@@ -88,3 +88,11 @@ def test_inspect_model_and_bundle(cli, digits_onnx, digits_bundle):
     assert bundle["kind"] == "bundle"
     assert bundle["target"] == "onnxruntime-cpu"
     assert cli("inspect", digits_bundle).exit_code == 0
+
+
+def test_inspect_a_torch_factory(cli):
+    info = json.loads(cli("inspect", RESNET18, "--json").stdout)
+    assert info["kind"] == "factory"
+    assert info["class"] == "ResNet"
+    assert info["parameters"] == 11_689_512  # ResNet-18's published count
+    assert info["inputs"][0]["shape"] == [1, 3, 224, 224]

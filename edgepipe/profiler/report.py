@@ -55,7 +55,8 @@ def make_profile(bundle: Path, manifest: dict[str, Any], raw: dict[str, Any],
             "source": "getrusage ru_maxrss of the runner process (interpreter and runtime included)",
         },
         "energy": {"available": False,
-                   "reason": "no energy meter is configured for this target yet"},
+                   "reason": f"energy meter '{manifest['target']['energy']['meter']}' of the "
+                             "target is not read by this version of edgepipe"},
         "per_layer": None,
         "warnings": raw.get("warnings", []),
     }

@@ -92,7 +92,7 @@ def _build(config: EncoderConfig) -> tuple[nn.Module, dict[str, torch.Tensor]]:
 
 
 def minilm() -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    """MiniLM-L6-sized encoder (22.7 M parameters), sequence length 128."""
+    """MiniLM-L6-sized encoder (22.6 M parameters), sequence length 128."""
     return _build(EncoderConfig())
 
 
