@@ -67,22 +67,26 @@ def build(
     target_label = resolved_target.name if target.endswith(".toml") else target
     out = out or Path("dist") / f"{model_name(model)}-{target_label}"
     backend = get_backend(resolved_target.backend)
-    with staging_area(out, force) as staging:
-        source = load_source(model, trust_pickle=trust_pickle, weights=weights)
-        specs = resolve_inputs(source.declared_inputs(overrides), overrides)
-        budget = resolved_profile.accuracy
-        samples = load_samples(calib, specs, budget.samples) if calib else None
-        reference = make_reference(source, specs, budget.samples, budget.seed, samples,
-                                   f"{len(samples)} samples from {calib}" if samples else "")
-        context = BuildContext(source=source, target=resolved_target, profile=resolved_profile,
-                               inputs=specs, reference=reference, work_dir=staging / "build",
-                               bundle_dir=staging / "bundle")
-        result = run_stages(context, on_stage)
-        manifest = write_bundle(
-            staging / "bundle", source=source, target=resolved_target, target_spec=target,
-            profile=resolved_profile, result=result, reference=reference,
-            backend_versions=backend.runtime_versions(), seconds=perf_counter() - started)
-        publish(staging, out)
+    try:
+        with staging_area(out, force) as staging:
+            source = load_source(model, trust_pickle=trust_pickle, weights=weights)
+            specs = resolve_inputs(source.declared_inputs(overrides), overrides)
+            budget = resolved_profile.accuracy
+            samples = load_samples(calib, specs, budget.samples) if calib else None
+            reference = make_reference(source, specs, budget.samples, budget.seed, samples,
+                                       f"{len(samples)} samples from {calib}" if samples else "")
+            context = BuildContext(source=source, target=resolved_target, profile=resolved_profile,
+                                   inputs=specs, reference=reference, work_dir=staging / "build",
+                                   bundle_dir=staging / "bundle")
+            result = run_stages(context, on_stage)
+            manifest = write_bundle(
+                staging / "bundle", source=source, target=resolved_target, target_spec=target,
+                profile=resolved_profile, result=result, reference=reference,
+                backend_versions=backend.runtime_versions(), seconds=perf_counter() - started)
+            publish(staging, out)
+    except OSError as exc:  # a full disk or a vanished folder mid-build: nothing was published
+        raise BadInputError(f"cannot write the bundle ({exc.filename or out}): "
+                            f"{exc.strerror or exc}") from None
     return BuildResult(out, manifest)
 
 

@@ -180,3 +180,28 @@ def test_factory_seed_makes_missing_input_shape_an_error_not_a_crash(cli, tmp_pa
     assert ok.exit_code == 0, ok.stderr
 
 
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MiB file system, to fill up for real (needs mount rights: root, as in CI)."""
+    import subprocess
+
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
+                             capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=False)
+
+
+def test_full_disk_leaves_nothing(cli, tiny_disk):
+    from tests.conftest import MINILM_TINY
+
+    result = cli("build", MINILM_TINY, "--out", tiny_disk / "bundle")  # needs ~3 MiB
+    assert result.exit_code == 2, result.stderr
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and ("no space left" in error[0].lower()), result.stderr
+    assert list(tiny_disk.iterdir()) == []

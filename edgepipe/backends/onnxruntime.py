@@ -9,6 +9,7 @@ which the manifest records.
 from __future__ import annotations
 
 import re
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -153,7 +154,17 @@ class OnnxRuntimeBackend:
             options.add_session_config_entry(
                 "session.optimized_model_external_initializers_min_size_in_bytes", "1024")
             companions = (out_dir / data_name,)
-        open_session(model.path, options, providers)
+        try:
+            open_session(model.path, options, providers)
+        except BackendError:
+            # ORT reports a failed write of the optimized model as a protobuf error.
+            needed = sum(p.stat().st_size for p in (model.path, *model.companion_files))
+            free = shutil.disk_usage(out_dir).free
+            if free < needed:
+                raise BadInputError(f"no space left in {out_dir.parent.parent} for the optimized "
+                                    f"model ({needed / 2**20:.1f} MiB needed, "
+                                    f"{free / 2**20:.1f} MiB free)") from None
+            raise
         return Artifact(out, self.name, model.inputs, model.outputs, companions), warnings
 
     def runner(self, artifact: Artifact, runtime: OnnxRuntimeRuntimeSettings) -> Runner:
