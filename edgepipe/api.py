@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -15,7 +16,9 @@ from edgepipe import manifest as manifest_io
 from edgepipe.artifact import StageReport
 from edgepipe.backends import get_backend
 from edgepipe.bundle import write_bundle
-from edgepipe.config import load_profile, load_target
+from pydantic import ValidationError
+
+from edgepipe.config import Profile, load_profile, load_target
 from edgepipe.errors import BadInputError
 from edgepipe.pipeline import run_stages
 from edgepipe.profiler.local import run_bundle_benchmark
@@ -24,6 +27,7 @@ from edgepipe.reference import make_reference
 from edgepipe.shapes import parse_input_specs, resolve_inputs
 from edgepipe.sources import load_source
 from edgepipe.stages import BuildContext
+from edgepipe.settings import describe_validation_error
 from edgepipe.stages.calibration import load_samples
 from edgepipe.staging import publish, staging_area
 
@@ -57,12 +61,14 @@ def build(
     weights: Path | None = None,
     force: bool = False,
     trust_pickle: bool = False,
+    skip_passes: Sequence[str] = (),
     on_stage: Callable[[StageReport], None] = lambda report: None,
 ) -> BuildResult:
     """Compile `model` for `target` into a bundle folder; nothing is left behind on failure."""
     started = perf_counter()
     resolved_target = load_target(target)
-    resolved_profile = load_profile(profile or resolved_target.default_profile)
+    resolved_profile = with_skipped_passes(load_profile(profile or resolved_target.default_profile),
+                                           skip_passes)
     overrides = parse_input_specs(inputs)
     target_label = resolved_target.name if target.endswith(".toml") else target
     out = out or Path("dist") / f"{model_name(model)}-{target_label}"
@@ -88,6 +94,21 @@ def build(
         raise BadInputError(f"cannot write the bundle ({exc.filename or out}): "
                             f"{exc.strerror or exc}") from None
     return BuildResult(out, manifest)
+
+
+def with_skipped_passes(profile: Profile, skip_passes: Sequence[str]) -> Profile:
+    """The profile with `--skip-pass` names added to its fuse stage's own skip list."""
+    if not skip_passes:
+        return profile
+    if "fuse" not in profile.stages:
+        raise BadInputError(f"--skip-pass: profile '{profile.name}' has no fuse stage")
+    fuse = profile.stage_settings["fuse"]
+    try:
+        merged = type(fuse).model_validate({**fuse.model_dump(),
+                                            "skip": [*fuse.skip, *skip_passes]})
+    except ValidationError as exc:
+        raise BadInputError(describe_validation_error(exc, "--skip-pass")) from None
+    return dataclasses.replace(profile, stage_settings={**profile.stage_settings, "fuse": merged})
 
 
 def verify(bundle: Path) -> list[str]:

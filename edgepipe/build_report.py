@@ -17,6 +17,28 @@ def _metric(value: float | None, fmt: str) -> str:
     return "—" if value is None else format(value, fmt)
 
 
+def _pass_table(stage: dict[str, Any]) -> list[str]:
+    """The per-pass table of a stage that runs graph passes (fuse)."""
+    passes = stage["metrics"].get("passes")
+    if not passes:
+        return []
+    lines = ["", f"### Passes of `{stage['stage']}` ({stage['metrics']['nodes_before']} → "
+             f"{stage['metrics']['nodes_after']} nodes)", "",
+             "| pass | rewrites | nodes | op change | max abs diff | cosine | seconds |",
+             "|---|---:|---|---|---:|---:|---:|"]
+    for row in passes:
+        if row["skipped"]:
+            lines.append(f"| {row['pass']} | skipped | | | | | |")
+            continue
+        change = ", ".join(f"{op} {delta:+d}" for op, delta in row["op_change"].items()) or "—"
+        lines.append(f"| {row['pass']} | {row['rewrites']} | {row['nodes_before']} → "
+                     f"{row['nodes_after']} | {change} | {row['max_abs_diff']:.3g} | "
+                     f"{row['min_cosine']:.6f} | {row['seconds']:.3f} |")
+    lines.append("")
+    lines.append("Parity of each pass is against the stage's input model.")
+    return lines
+
+
 def render(manifest: dict[str, Any]) -> str:
     model, target, profile = manifest["model"], manifest["target"], manifest["profile"]
     parity = manifest["parity"]
@@ -41,6 +63,8 @@ def render(manifest: dict[str, Any]) -> str:
             f"{_metric(p.get('max_abs_diff'), '.3g')} | {_metric(p.get('min_cosine'), '.6f')} | "
             f"{_metric(p.get('min_top1_agreement'), '.3f')} |"
         )
+    for stage in manifest["stages"]:
+        lines += _pass_table(stage)
     budget = profile["accuracy"]
     lines += [
         "",

@@ -120,6 +120,9 @@ def build(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle.")] = False,
     trust_pickle: Annotated[bool, typer.Option(
         "--trust-pickle", help="Allow loading pickled modules (runs code from the file).")] = False,
+    skip_pass: Annotated[list[str] | None, typer.Option(
+        "--skip-pass", help="A fuse pass not to run (repeatable); see report.md for names.")]
+    = None,
     as_json: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
@@ -135,7 +138,7 @@ def build(
 
         result = api.build(model, target=target, profile=profile, out=out, inputs=inputs or [],
                            calib=calib, weights=weights, force=force, trust_pickle=trust_pickle,
-                           on_stage=on_stage)
+                           skip_passes=skip_pass or [], on_stage=on_stage)
         if as_json:
             _print_json(result.summary)
             return

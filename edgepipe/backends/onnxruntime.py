@@ -75,11 +75,13 @@ def available_providers(requested: list[str]) -> list[str]:
     return [p for p in requested if p in available]
 
 
-def open_session(model_path: Path, options, providers: list[str]):
-    """Create a session, turning ORT's multi-line failures into one line."""
+def open_session(model: Path | bytes, options, providers: list[str], name: str | None = None):
+    """Create a session (from a file or serialized bytes), ORT's failures as one line."""
     ort = _ort()
+    name = name or (model.name if isinstance(model, Path) else "model")
     try:
-        return ort.InferenceSession(str(model_path), options, providers=providers)
+        return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                    providers=providers)
     except Exception as exc:
         text = str(exc)
         match = _UNSUPPORTED_OP.search(text)
@@ -88,25 +90,27 @@ def open_session(model_path: Path, options, providers: list[str]):
             version = match["ver"] or match["ver2"]
             node = f" (node '{match['node']}')" if match["node"] else ""
             raise BadInputError(
-                f"{model_path.name}: op {op} (opset {version}){node} is not supported by "
+                f"{name}: op {op} (opset {version}){node} is not supported by "
                 f"onnxruntime {ort.__version__} with {', '.join(providers)}"
             ) from None
-        raise BackendError(f"onnxruntime could not load {model_path.name}: {first_line(exc)}") from None
+        raise BackendError(f"onnxruntime could not load {name}: {first_line(exc)}") from None
 
 
 class OnnxRuntimeRunner(Runner):
-    def __init__(self, model_path: Path, inputs: tuple[TensorSpec, ...],
-                 runtime: OnnxRuntimeRuntimeSettings, level: OptimizationLevel | None = None) -> None:
+    def __init__(self, model: Path | bytes, inputs: tuple[TensorSpec, ...],
+                 runtime: OnnxRuntimeRuntimeSettings, level: OptimizationLevel | None = None,
+                 name: str | None = None) -> None:
         super().__init__(inputs)
-        self.model_path = model_path
+        self.model = model
+        self.name = name or (model.name if isinstance(model, Path) else "model")
         self.runtime = runtime
         self.level = level
         self._session = None
 
     def _activate(self) -> None:
         providers = available_providers(self.runtime.providers) or ["CPUExecutionProvider"]
-        self._session = open_session(self.model_path, session_options(self.runtime, self.level),
-                                     providers)
+        self._session = open_session(self.model, session_options(self.runtime, self.level),
+                                     providers, self.name)
 
     def _deactivate(self) -> None:
         self._session = None
@@ -116,7 +120,7 @@ class OnnxRuntimeRunner(Runner):
         try:
             values = self._session.run(names, dict(feed))
         except Exception as exc:
-            raise BackendError(f"onnxruntime failed running {self.model_path.name}: "
+            raise BackendError(f"onnxruntime failed running {self.name}: "
                                f"{first_line(exc)}") from None
         return dict(zip(names, values, strict=True))
 

@@ -6,10 +6,12 @@ from collections.abc import Sequence
 
 from edgepipe.stages.base import BuildContext, Stage, StageOutcome
 from edgepipe.stages.export import ExportStage
+from edgepipe.stages.fuse import FuseStage
 from edgepipe.stages.lower import LowerStage
 
 STAGES: dict[str, type[Stage]] = {
     ExportStage.name: ExportStage,
+    FuseStage.name: FuseStage,
     LowerStage.name: LowerStage,
 }
 

@@ -9,6 +9,7 @@ Inputs are token ids and an attention mask of shape (batch, sequence).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -25,6 +26,28 @@ class EncoderConfig:
     intermediate: int = 1536
     max_positions: int = 512
     sequence: int = 128
+    written_out_layer_norm: bool = False  # as TF/Keras ports write it: mean, variance, sqrt
+
+
+class WrittenOutLayerNorm(nn.Module):
+    """LayerNorm spelled out in elementary ops, the way many ported models carry it."""
+
+    def __init__(self, width: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(width))
+        self.bias = nn.Parameter(torch.zeros(width))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        deviation = x - x.mean(-1, keepdim=True)
+        variance = deviation.pow(2).mean(-1, keepdim=True)
+        return deviation / torch.sqrt(variance + self.eps) * self.weight + self.bias
+
+
+def layer_norm(config: EncoderConfig) -> nn.Module:
+    if config.written_out_layer_norm:
+        return WrittenOutLayerNorm(config.hidden, 1e-12)
+    return nn.LayerNorm(config.hidden, eps=1e-12)
 
 
 class SelfAttention(nn.Module):
@@ -53,10 +76,10 @@ class EncoderLayer(nn.Module):
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         self.attention = SelfAttention(config)
-        self.attention_norm = nn.LayerNorm(config.hidden, eps=1e-12)
+        self.attention_norm = layer_norm(config)
         self.intermediate = nn.Linear(config.hidden, config.intermediate)
         self.output = nn.Linear(config.intermediate, config.hidden)
-        self.output_norm = nn.LayerNorm(config.hidden, eps=1e-12)
+        self.output_norm = layer_norm(config)
 
     def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
         x = self.attention_norm(x + self.attention(x, mask_bias))
@@ -71,7 +94,7 @@ class Encoder(nn.Module):
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden)
         self.position_embeddings = nn.Embedding(config.max_positions, config.hidden)
         self.token_type_embeddings = nn.Embedding(2, config.hidden)
-        self.embedding_norm = nn.LayerNorm(config.hidden, eps=1e-12)
+        self.embedding_norm = layer_norm(config)
         self.layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.layers))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -96,7 +119,15 @@ def minilm() -> tuple[nn.Module, dict[str, torch.Tensor]]:
     return _build(EncoderConfig())
 
 
+TINY = EncoderConfig(vocab_size=1000, hidden=64, layers=2, heads=4, intermediate=128,
+                     max_positions=64, sequence=32)
+
+
 def minilm_tiny() -> tuple[nn.Module, dict[str, torch.Tensor]]:
     """The same architecture shrunk for fast tests: 2 layers, hidden 64, vocab 1000."""
-    return _build(EncoderConfig(vocab_size=1000, hidden=64, layers=2, heads=4, intermediate=128,
-                                max_positions=64, sequence=32))
+    return _build(TINY)
+
+
+def minilm_tiny_written_out() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """minilm_tiny with its LayerNorms written out, as in TF/Keras ports (fusion test model)."""
+    return _build(dataclasses.replace(TINY, written_out_layer_norm=True))

@@ -1,0 +1,26 @@
+"""Fold every sub-graph whose inputs are known, shape arithmetic included.
+
+With static input shapes, TF-style "same" padding (Shape -> Gather -> arithmetic -> Pad)
+becomes a constant Pad, which the pad-into-conv pass then absorbs. onnxscript's folder
+does the work; dynamic dimensions stay dynamic because their Shape is not known.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+
+class ConstantFoldingPass:
+    name = "constant_folding"
+    summary = "fold constant and shape sub-graphs"
+
+    def apply(self, model: ir.Model) -> int:
+        from onnx_ir.passes.common import LiftConstantsToInitializersPass, RemoveUnusedNodesPass
+        from onnxscript.optimizer import fold_constants
+
+        before = sum(1 for _ in model.graph)
+        fold_constants(model, onnx_shape_inference=True)
+        RemoveUnusedNodesPass()(model)
+        # Folded values arrive as Constant nodes; backends and later passes want initializers.
+        LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)(model)
+        return before - sum(1 for _ in model.graph)
