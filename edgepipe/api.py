@@ -12,22 +12,22 @@ from pathlib import Path
 from time import perf_counter
 from typing import Any
 
+from pydantic import ValidationError
+
 from edgepipe import manifest as manifest_io
 from edgepipe.artifact import StageReport
 from edgepipe.backends import get_backend
 from edgepipe.bundle import write_bundle
-from pydantic import ValidationError
-
 from edgepipe.config import Profile, load_profile, load_target
 from edgepipe.errors import BadInputError
 from edgepipe.pipeline import run_stages
 from edgepipe.profiler.local import run_bundle_benchmark
 from edgepipe.profiler.report import default_profile_path, make_profile
 from edgepipe.reference import make_reference
+from edgepipe.settings import describe_validation_error
 from edgepipe.shapes import parse_input_specs, resolve_inputs
 from edgepipe.sources import load_source
 from edgepipe.stages import BuildContext
-from edgepipe.settings import describe_validation_error
 from edgepipe.stages.calibration import load_samples
 from edgepipe.staging import publish, staging_area
 

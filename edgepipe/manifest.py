@@ -29,6 +29,7 @@ VOLATILE = (
     "build.host",
     "build.seconds",
     "stages[].seconds",
+    "stages[].metrics.passes[].seconds",
     "files[report.md].sha256",
     "files[report.md].size",
 )

@@ -19,6 +19,7 @@ def test_resnet18_factory_builds_a_verified_bundle(cli, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         "manifest.json", "model.onnx", "model.ort.onnx", "report.md", "run.py"]
     assert (tmp_path / "resnet18-cpu.build" / "00-export.onnx").is_file()
+    assert (tmp_path / "resnet18-cpu.build" / "01-fuse.onnx").is_file()
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["schema"] == SCHEMA
@@ -30,7 +31,7 @@ def test_resnet18_factory_builds_a_verified_bundle(cli, tmp_path):
     assert manifest["inputs"] == [{"name": "input", "shape": [1, 3, 224, 224], "dtype": "float32",
                                    "layout": "NCHW", "preprocessing": None}]
     assert manifest["outputs"][0]["shape"] == [1, 1000]
-    assert [s["stage"] for s in manifest["stages"]] == ["export", "lower"]
+    assert [s["stage"] for s in manifest["stages"]] == ["export", "fuse", "lower"]
     assert manifest["stages"][0]["metrics"]["opset"] == 17
     assert {"edgepipe", "onnx", "onnxruntime", "torch", "numpy"} <= set(manifest["tools"])
     assert manifest["parity"]["min_cosine"] > 0.99999

@@ -31,7 +31,7 @@ def test_targets_lists_names_aliases_and_descriptions(cli):
 def test_profiles_lists_default_and_fp32(cli):
     rows = {row["name"]: row for row in json.loads(cli("profiles", "--json").stdout)}
     assert {"default", "fp32"} <= set(rows)
-    assert rows["default"]["stages"] == ["export", "lower"]
+    assert rows["default"]["stages"] == ["export", "fuse", "lower"]
 
 
 def test_unknown_command_is_a_usage_error():

@@ -19,7 +19,7 @@ def test_alias_cpu_resolves_to_the_onnxruntime_target():
 
 def test_default_profile_extends_fp32():
     profile = load_profile("default")
-    assert profile.stages == ("export", "lower")
+    assert profile.stages == ("export", "fuse", "lower")
     assert profile.stage_settings["export"].opset == 17
     assert profile.accuracy == load_profile("fp32").accuracy
 
