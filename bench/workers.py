@@ -45,13 +45,16 @@ def torch_eager(spec: str, threads: int, runs: int, warmup: int) -> dict:
         return {"latencies_ms": _time(lambda: model(*args), runs, warmup)}
 
 
-def plain_onnxruntime(path: str, threads: int, runs: int, warmup: int) -> dict:
+def plain_onnxruntime(path: str, threads: int, runs: int, warmup: int, level: str = "all") -> dict:
     """The hand-written route: torch.onnx.export's model in a default ORT CPU session."""
     import numpy as np
     import onnxruntime as ort
 
     started = time.perf_counter_ns()
     options = ort.SessionOptions()
+    options.graph_optimization_level = {
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "disabled": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}[level]
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
@@ -77,9 +80,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--level", choices=["all", "disabled"], default="all",
+                        help="ONNX Runtime graph optimization level (ort only)")
     args = parser.parse_args()
-    worker = torch_eager if args.kind == "torch" else plain_onnxruntime
-    print(json.dumps(worker(args.model, args.threads, args.runs, args.warmup)))
+    if args.kind == "torch":
+        result = torch_eager(args.model, args.threads, args.runs, args.warmup)
+    else:
+        result = plain_onnxruntime(args.model, args.threads, args.runs, args.warmup, args.level)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

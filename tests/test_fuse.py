@@ -255,3 +255,19 @@ def test_fused_models_are_standard_onnx(cli, tmp_path):
     _build(cli, MINILM_TINY, tmp_path / "b")
     domains = {o.domain for o in onnx.load(str(tmp_path / "b" / "model.onnx")).opset_import}
     assert domains <= {"", "ai.onnx"}
+
+
+class TransposedWeight(nn.Module):
+    """`x @ W.T` without constant folding leaves Transpose(W), which folds to a strided array."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(8, 16))
+
+    def forward(self, x):
+        return x @ self.weight.t()
+
+
+def test_folded_transposes_of_weights_survive_deduplication(cli, tmp_path):
+    _build(cli, _export(TransposedWeight(), torch.randn(2, 16), tmp_path / "t.onnx"), tmp_path / "b")
+    assert "Transpose" not in _ops(tmp_path / "b" / "model.onnx")

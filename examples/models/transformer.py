@@ -119,6 +119,11 @@ def minilm() -> tuple[nn.Module, dict[str, torch.Tensor]]:
     return _build(EncoderConfig())
 
 
+def minilm_written_out() -> tuple[nn.Module, dict[str, torch.Tensor]]:
+    """minilm with its LayerNorms written out, as in TF/Keras ports."""
+    return _build(EncoderConfig(written_out_layer_norm=True))
+
+
 TINY = EncoderConfig(vocab_size=1000, hidden=64, layers=2, heads=4, intermediate=128,
                      max_positions=64, sequence=32)
 
