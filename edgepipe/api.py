@@ -28,7 +28,7 @@ from edgepipe.settings import describe_validation_error
 from edgepipe.shapes import parse_input_specs, resolve_inputs
 from edgepipe.sources import load_source
 from edgepipe.stages import BuildContext
-from edgepipe.stages.calibration import load_samples
+from edgepipe.stages.calibration import RANDOM, open_samples
 from edgepipe.staging import publish, staging_area
 
 
@@ -57,7 +57,8 @@ def build(
     profile: str | None = None,
     out: Path | None = None,
     inputs: Sequence[str] = (),
-    calib: Path | None = None,
+    calib: str | Path | None = None,
+    eval_data: str | Path | None = None,
     weights: Path | None = None,
     force: bool = False,
     trust_pickle: bool = False,
@@ -78,12 +79,13 @@ def build(
             source = load_source(model, trust_pickle=trust_pickle, weights=weights)
             specs = resolve_inputs(source.declared_inputs(overrides), overrides)
             budget = resolved_profile.accuracy
-            samples = load_samples(calib, specs, budget.samples) if calib else None
-            reference = make_reference(source, specs, budget.samples, budget.seed, samples,
-                                       f"{len(samples)} samples from {calib}" if samples else "")
+            calib_spec = str(calib) if calib is not None else _profile_calib(resolved_profile)
+            samples, origin = reference_samples(calib_spec, specs, resolved_profile)
+            reference = make_reference(source, specs, budget.samples, budget.seed, samples, origin)
             context = BuildContext(source=source, target=resolved_target, profile=resolved_profile,
                                    inputs=specs, reference=reference, work_dir=staging / "build",
-                                   bundle_dir=staging / "bundle")
+                                   bundle_dir=staging / "bundle", calib=calib_spec,
+                                   eval=str(eval_data) if eval_data is not None else None)
             result = run_stages(context, on_stage)
             manifest = write_bundle(
                 staging / "bundle", source=source, target=resolved_target, target_spec=target,
@@ -94,6 +96,21 @@ def build(
         raise BadInputError(f"cannot write the bundle ({exc.filename or out}): "
                             f"{exc.strerror or exc}") from None
     return BuildResult(out, manifest)
+
+
+def _profile_calib(profile: Profile) -> str | None:
+    quantize = profile.stage_settings.get("quantize")
+    return getattr(quantize, "calib", None) if "quantize" in profile.stages else None
+
+
+def reference_samples(calib: str | None, specs, profile: Profile) -> tuple[list | None, str]:
+    """The first samples of the calibration set, so parity is judged on real data where given."""
+    if calib is None or calib == RANDOM:
+        return None, ""
+    quantize = profile.stage_settings.get("quantize")
+    source = open_samples(calib, specs, preprocess=getattr(quantize, "preprocess", None))
+    samples = list(source.samples(profile.accuracy.samples))
+    return samples, source.describe(len(samples))
 
 
 def with_skipped_passes(profile: Profile, skip_passes: Sequence[str]) -> Profile:

@@ -39,6 +39,59 @@ def _pass_table(stage: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _score(scores: dict[str, Any], key: str, fmt: str) -> str:
+    value = scores.get(key)
+    return value if isinstance(value, str) else _metric(value, fmt)
+
+
+def _quantize_section(stage: dict[str, Any]) -> list[str]:
+    """Accuracy before/after, fallback and the worst layers of an int8 stage."""
+    m = stage["metrics"]
+    if "evaluation" not in m:
+        return []
+    evaluation, calibration = m["evaluation"], m["calibration"]
+    lines = ["", "### int8 quantization", ""]
+    if calibration["random"]:
+        lines += ["**Calibrated on random data (`--calib random`): the int8 model's accuracy on real "
+                  "inputs is unknown.**", ""]
+    lines += [
+        f"Scheme: {m['scheme']} ({m['model_type']}); activations {m['activations']}, weights "
+        f"{m['weights']}; calibration {calibration['method']} on {calibration['origin']}. "
+        f"Size {_size(m['size_bytes']['float'])} → {_size(m['size_bytes']['int8'])}.",
+        "",
+        f"Scored on {evaluation['origin']}:",
+        "",
+        "| model | top-1 % | top-5 % | metric | mean cosine | min cosine | SQNR dB | top-1 agreement |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for label, key in (("float", "float"), ("int8, all layers", "int8_before_fallback"),
+                       ("int8, shipped", "int8")):
+        s = evaluation[key]
+        lines.append(f"| {label} | {_score(s, 'top1', '.2f')} | {_score(s, 'top5', '.2f')} | "
+                     f"{_score(s, 'metric', '.4g')} | {_score(s, 'mean_cosine', '.5f')} | "
+                     f"{_score(s, 'min_cosine', '.5f')} | {_score(s, 'sqnr_db', '.1f')} | "
+                     f"{_score(s, 'top1_agreement', '.3f')} |")
+    budget = m["budget"]
+    lines += ["", f"Budget: top-1 drop ≤ {budget['max_top1_drop']:g} points, metric drop ≤ "
+              f"{budget['max_metric_drop']:g}, mean cosine ≥ {budget['min_cosine']:g}; on exceed: "
+              f"{budget['on_exceed']}."]
+    if m["fallback"]:
+        lines += ["", "Kept in float to meet the budget (worst first):", "",
+                  "| tensor | local SQNR dB | nodes kept in float | mean cosine after | latency cost ms |",
+                  "|---|---:|---|---:|---:|"]
+        for row in m["fallback"]:
+            lines.append(f"| `{row['tensor']}` | {row['sqnr_db']} | {', '.join(row['nodes'])} | "
+                         f"{_metric(row['mean_cosine_after'], '.5f')} | "
+                         f"{_metric(row['latency_cost_ms'], '+.3f')} |")
+    if m["worst_layers"]:
+        lines += ["", "Worst quantized tensors (local SQNR: the tensor against its own int8 copy):", "",
+                  "| tensor | kind | scale | zero point | SQNR dB |", "|---|---|---:|---:|---:|"]
+        for row in m["worst_layers"]:
+            lines.append(f"| `{row['tensor']}` | {row['kind']} | {row['scale']:.4g} | {row['zero_point']} | "
+                         f"{row['sqnr_db']} |")
+    return lines
+
+
 def render(manifest: dict[str, Any]) -> str:
     model, target, profile = manifest["model"], manifest["target"], manifest["profile"]
     parity = manifest["parity"]
@@ -65,15 +118,17 @@ def render(manifest: dict[str, Any]) -> str:
         )
     for stage in manifest["stages"]:
         lines += _pass_table(stage)
-    budget = profile["accuracy"]
+        lines += _quantize_section(stage)
+    budget = manifest["parity_budget"]
+    tolerance = ("cosine only (int8)" if budget["atol"] is None else
+                 f"every element within atol {budget['atol']:g} + rtol {budget['rtol']:g} · |ref| "
+                 f"(worst: {parity['max_tolerance_ratio']:.3g}× the tolerance)")
     lines += [
         "",
         "## Parity of the deployed model",
         "",
         f"Compared with the source model on {parity['reference_inputs']}.",
-        f"Budget: every element within atol {budget['atol']:g} + rtol {budget['rtol']:g} · |ref| "
-        f"(worst: {parity['max_tolerance_ratio']:.3g}× the tolerance), cosine ≥ "
-        f"{budget['min_cosine']:g}.",
+        f"Budget: {tolerance}, cosine ≥ {budget['min_cosine']:g}.",
         "",
         "| output | max abs diff | mean abs diff | cosine | top-1 agreement |",
         "|---|---:|---:|---:|---:|",

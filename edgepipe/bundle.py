@@ -27,6 +27,15 @@ def _copy_portable(result: PipelineResult, bundle: Path) -> None:
         shutil.copyfile(result.portable.path, bundle / PORTABLE_NAME)
 
 
+def _preprocessing(result: PipelineResult, input_name: str) -> dict[str, Any] | None:
+    """How the calibration images were turned into this input, for the device to repeat."""
+    for report in result.stages:
+        declared = report.metrics.get("preprocessing")
+        if declared:
+            return declared
+    return None
+
+
 def write_bundle(bundle: Path, *, source: SourceModel, target: Target, target_spec: str,
                  profile: Profile, result: PipelineResult, reference: Reference,
                  backend_versions: dict[str, str], seconds: float) -> dict[str, Any]:
@@ -50,10 +59,12 @@ def write_bundle(bundle: Path, *, source: SourceModel, target: Target, target_sp
             "versions": backend_versions,
         },
         "portable_model": PORTABLE_NAME,
-        "inputs": [spec.to_json() | {"preprocessing": None} for spec in result.deployed.inputs],
+        "inputs": [spec.to_json() | {"preprocessing": _preprocessing(result, spec.name)}
+                   for spec in result.deployed.inputs],
         "outputs": [spec.to_json() for spec in result.deployed.outputs],
         "stages": [report.to_json() for report in result.stages],
         "parity": {"reference_inputs": reference.origin, **result.parity.to_json()},
+        "parity_budget": result.budget.model_dump(mode="json"),
         "tools": manifest.tool_versions(backend_versions),
         "build": manifest.build_info(seconds),
         "files": [],

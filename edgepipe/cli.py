@@ -113,8 +113,12 @@ def build(
     inputs: Annotated[list[str] | None, typer.Option("--input", "-i",
                                                      help="NAME:1x3x224x224[:dtype]; repeatable.")]
     = None,
-    calib: Annotated[Path | None, typer.Option(help="Sample inputs (.npy/.npz or a folder).")]
-    = None,
+    calib: Annotated[str | None, typer.Option(
+        help="Calibration/parity samples: .npy/.npz, a folder of them or of images, file.py:fn, "
+             "or 'random' (int8 accuracy then unknown).")] = None,
+    eval_data: Annotated[str | None, typer.Option(
+        "--eval", help="Accuracy data for int8: an ImageFolder, an .npz with 'labels', or "
+                       "file.py:fn(run) -> float.")] = None,
     weights: Annotated[Path | None, typer.Option(help="State dict for a file.py:factory model.")]
     = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle.")] = False,
@@ -137,7 +141,8 @@ def build(
                 err.print(f"  [yellow]warning:[/] {escape(warning)}", markup=True, highlight=False)
 
         result = api.build(model, target=target, profile=profile, out=out, inputs=inputs or [],
-                           calib=calib, weights=weights, force=force, trust_pickle=trust_pickle,
+                           calib=calib, eval_data=eval_data, weights=weights, force=force,
+                           trust_pickle=trust_pickle,
                            skip_passes=skip_pass or [], on_stage=on_stage)
         if as_json:
             _print_json(result.summary)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field, ValidationError
 
 from edgepipe.errors import BadInputError
+from edgepipe.quantization.scheme import Int8Scheme
 from edgepipe.settings import StrictModel, describe_validation_error
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -29,7 +30,7 @@ def builtin_dir(kind: Literal["targets", "profiles"]) -> Path:
     return PACKAGE_ROOT.parent / kind
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)
@@ -77,6 +78,10 @@ class TargetFile(StrictModel):
     lower: dict[str, Any] = Field(default_factory=dict)
     runtime: dict[str, Any] = Field(default_factory=dict)
     energy: EnergySettings = EnergySettings()
+    int8: Int8Scheme = Int8Scheme()
+
+
+_DEFAULT_INT8 = Int8Scheme()
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,7 @@ class Target:
     runtime: BaseModel
     energy: EnergySettings
     source: Path
+    int8: Int8Scheme = _DEFAULT_INT8
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -104,13 +110,14 @@ class Target:
             "lower": self.lower.model_dump(mode="json"),
             "runtime": self.runtime.model_dump(mode="json"),
             "energy": self.energy.model_dump(mode="json"),
+            "int8": self.int8.model_dump(mode="json"),
         }
 
 
 def load_target_file(path: Path) -> Target:
     from edgepipe.backends import backend_names, get_backend
 
-    raw = _validate(TargetFile, _read_toml(path), path)
+    raw = _validate(TargetFile, read_toml(path), path)
     if raw.backend not in backend_names():
         raise BadInputError(
             f"{path}: key 'backend': unknown backend '{raw.backend}' "
@@ -128,6 +135,7 @@ def load_target_file(path: Path) -> Target:
         runtime=_validate(backend.RuntimeSettings, raw.runtime, path, "runtime"),
         energy=raw.energy,
         source=path,
+        int8=raw.int8,
     )
 
 
@@ -159,9 +167,10 @@ def load_target(name: str) -> Target:
 class AccuracyBudget(StrictModel):
     """How far a transformed model may drift from the reference before the build fails."""
 
-    # Elementwise |got - ref| <= atol + rtol * |ref| (numpy.allclose), per output.
-    atol: float = Field(1e-3, ge=0)
-    rtol: float = Field(1e-3, ge=0)
+    # Elementwise |got - ref| <= atol + rtol * |ref| (numpy.allclose), per output;
+    # None where only fidelity (cosine) is judged, as after int8 quantization.
+    atol: float | None = Field(1e-3, ge=0)
+    rtol: float | None = Field(1e-3, ge=0)
     min_cosine: float = Field(0.9999, ge=-1, le=1)
     min_top1_agreement: float = Field(0.0, ge=0, le=1)
     samples: int = Field(8, ge=1, le=10_000)
@@ -220,7 +229,7 @@ def _profile_path(name: str) -> Path:
 def _resolved_profile_data(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path.resolve() in seen:
         raise BadInputError(f"{path}: 'extends' forms a cycle")
-    data = _read_toml(path)
+    data = read_toml(path)
     parent_name = data.get("extends")
     if parent_name is None:
         return data

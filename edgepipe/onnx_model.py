@@ -105,6 +105,11 @@ def _spec_of(value: onnx.ValueInfoProto) -> TensorSpec:
     return TensorSpec(value.name, shape, _dtype_name(tensor_type.elem_type), layout_guess(shape))
 
 
+def load_plain(path: Path) -> onnx.ModelProto:
+    """A model edgepipe wrote itself (no user-facing checks needed), weights included."""
+    return onnx.load(str(path))
+
+
 def graph_inputs(model: onnx.ModelProto) -> tuple[TensorSpec, ...]:
     """The inputs a caller feeds: graph inputs that are not initializers."""
     initializers = {init.name for init in model.graph.initializer}

@@ -55,7 +55,7 @@ class ParityReport:
         """Each way the report exceeds `budget` (an AccuracyBudget), as a readable phrase."""
         found = []
         for out in self.outputs:
-            if out.tolerance_ratio > 1.0:
+            if budget.atol is not None and out.tolerance_ratio > 1.0:
                 found.append(f"output '{out.name}' differs by up to {out.tolerance_ratio:.3g}x "
                              f"the tolerance atol {self.atol:g} + rtol {self.rtol:g} * |ref| "
                              f"(max abs diff {out.max_abs_diff:.3g})")

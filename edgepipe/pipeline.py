@@ -8,6 +8,7 @@ from time import perf_counter
 
 from edgepipe.artifact import Artifact, StageReport
 from edgepipe.backends import Runner, get_backend
+from edgepipe.config import AccuracyBudget
 from edgepipe.errors import GateFailedError
 from edgepipe.parity import ParityReport, compare_outputs
 from edgepipe.stages import STAGES, BuildContext
@@ -19,6 +20,7 @@ class PipelineResult:
     portable: Artifact  # the last ONNX model, kept in the bundle for rebuilds on device
     deployed: Artifact  # the backend artifact
     parity: ParityReport  # deployed artifact vs the reference
+    budget: AccuracyBudget  # what the deployed artifact was held to
 
 
 def runner_for(artifact: Artifact, ctx: BuildContext) -> Runner:
@@ -31,11 +33,10 @@ def runner_for(artifact: Artifact, ctx: BuildContext) -> Runner:
     return get_backend(ctx.target.backend).runner(artifact, ctx.target.runtime)
 
 
-def check_parity(artifact: Artifact, ctx: BuildContext) -> ParityReport:
+def check_parity(artifact: Artifact, ctx: BuildContext, budget: AccuracyBudget) -> ParityReport:
     with runner_for(artifact, ctx) as runner:
         outputs = [runner.infer(feed) for feed in ctx.reference.inputs]
-    budget = ctx.profile.accuracy
-    return compare_outputs(ctx.reference.outputs, outputs, budget.atol, budget.rtol)
+    return compare_outputs(ctx.reference.outputs, outputs, budget.atol or 0.0, budget.rtol or 0.0)
 
 
 def run_stages(ctx: BuildContext,
@@ -53,7 +54,9 @@ def run_stages(ctx: BuildContext,
         started = perf_counter()
         outcome = stage.run(model, ctx.profile.stage_settings[name], ctx, output)
         seconds = perf_counter() - started
-        parity = check_parity(outcome.artifact, ctx)
+        if getattr(stage, "lossy", False):
+            budget = stage.parity_budget(ctx.profile.stage_settings[name], budget)
+        parity = check_parity(outcome.artifact, ctx, budget)
         report = StageReport(name, outcome.artifact.path.name, seconds, parity,
                              outcome.metrics, outcome.warnings)
         violations = parity.violations(budget)
@@ -64,11 +67,12 @@ def run_stages(ctx: BuildContext,
         if violations and budget.on_exceed == "fail":
             more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
             raise GateFailedError(
-                f"stage '{name}' exceeds the accuracy budget of profile '{ctx.profile.name}': "
+                f"stage '{name}' exceeds the accuracy budget of profile '{ctx.profile.name}' "
+                f"on {ctx.reference.origin}: "
                 f"{violations[0]}{more}"
             )
         if outcome.artifact.format == "onnx":
             portable = outcome.artifact
         model = outcome.artifact
     assert portable is not None and parity is not None  # guaranteed by validate_stage_order
-    return PipelineResult(reports, portable, model, parity)
+    return PipelineResult(reports, portable, model, parity, budget)

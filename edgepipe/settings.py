@@ -6,7 +6,11 @@ the listing of options come from one place; unknown keys are errors.
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class StrictModel(BaseModel):
@@ -24,3 +28,13 @@ def describe_validation_error(error: ValidationError, source: str, prefix: str =
     if first["type"] == "missing":
         return f"{source}: missing key '{key}'"
     return f"{source}: key '{key}': {first['msg']}"
+
+
+def validate_as(model: type[M], data: object, source: str, prefix: str = "") -> M:
+    """Validate `data` as `model`, or raise a one-line BadInputError naming `source` and the key."""
+    from edgepipe.errors import BadInputError
+
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise BadInputError(describe_validation_error(exc, source, prefix)) from None

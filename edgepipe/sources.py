@@ -8,7 +8,6 @@ only with an explicit opt-in, because unpickling runs arbitrary code.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import sys
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -19,6 +18,7 @@ from typing import Any, Literal
 from edgepipe.artifact import TensorSpec, layout_guess
 from edgepipe.errors import BadInputError, EdgepipeError, first_line
 from edgepipe.extras import require
+from edgepipe.python_callable import load_python_callable
 from edgepipe.shapes import EXAMPLE, InputOverride
 
 SourceKind = Literal["onnx", "factory", "torchscript", "exported_program", "pickle"]
@@ -136,25 +136,14 @@ def _torch(purpose: str):
 def _load_factory(spec: str, file: Path, function: str, weights: Path | None) -> SourceModel:
     _check_readable_file(file)
     torch = _torch(f"building {spec}")
-    module_name = f"_edgepipe_factory_{hashlib.sha256(str(file.resolve()).encode()).hexdigest()[:12]}"
-    import_spec = importlib.util.spec_from_file_location(module_name, file)
-    if import_spec is None or import_spec.loader is None:
-        raise BadInputError(f"{file}: cannot be imported as a Python module")
-    py_module = importlib.util.module_from_spec(import_spec)
-    sys.modules[module_name] = py_module  # dataclasses and pickling look modules up here
+    factory = load_python_callable(spec)
     torch.manual_seed(FACTORY_SEED)
     try:
-        import_spec.loader.exec_module(py_module)
-        factory = getattr(py_module, function, None)
-        if not callable(factory):
-            raise BadInputError(f"{file}: has no function '{function}'")
         result = factory()
     except EdgepipeError:
         raise
     except Exception as exc:
         raise BadInputError(f"{spec} raised {type(exc).__name__}: {first_line(exc)}") from None
-    finally:
-        sys.modules.pop(module_name, None)
     model, examples = (result if isinstance(result, tuple) and len(result) == 2 else (result, None))
     if not isinstance(model, torch.nn.Module):
         raise BadInputError(

@@ -127,7 +127,7 @@ def test_bad_calibration_samples(cli, tmp_path, digits_onnx, problem):
         np.savez(calib / "a.npz", image=np.zeros((1, 1, 8, 8), np.float32))
     result = cli("build", digits_onnx, "--calib", calib, "--out", tmp_path / "b")
     assert result.exit_code == 2
-    expected = {"empty_folder": "holds no .npy or .npz", "wrong_shape": "has shape [3, 8, 8]",
+    expected = {"empty_folder": "holds no .npy, .npz or image files", "wrong_shape": "has shape [3, 8, 8]",
                 "wrong_dtype": "dtype float64", "wrong_name": "no array named 'input'"}[problem]
     assert_one_line_error(result.stderr, expected)
     assert not (tmp_path / "b").exists()

@@ -8,10 +8,12 @@ from edgepipe.stages.base import BuildContext, Stage, StageOutcome
 from edgepipe.stages.export import ExportStage
 from edgepipe.stages.fuse import FuseStage
 from edgepipe.stages.lower import LowerStage
+from edgepipe.stages.quantize import QuantizeStage
 
 STAGES: dict[str, type[Stage]] = {
     ExportStage.name: ExportStage,
     FuseStage.name: FuseStage,
+    QuantizeStage.name: QuantizeStage,
     LowerStage.name: LowerStage,
 }
 

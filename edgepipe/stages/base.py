@@ -25,6 +25,8 @@ class BuildContext:
     reference: Reference
     work_dir: Path  # intermediates: 00-export.onnx, 01-....onnx
     bundle_dir: Path  # the lower stage writes the backend artifact here
+    calib: str | None = None  # --calib: path, file.py:fn or "random"
+    eval: str | None = None  # --eval: path or file.py:fn
 
 
 @dataclass
@@ -38,7 +40,9 @@ class Stage(Protocol):
     """Artifact in, new artifact out; never modifies its input.
 
     The pipeline times every stage and checks its output against the reference,
-    so a stage only transforms.
+    so a stage only transforms. A lossy stage (int8) also defines
+    `parity_budget(settings, float_budget)`: the budget it and every later stage
+    are held to, since elementwise float tolerances no longer apply.
     """
 
     name: ClassVar[str]

@@ -88,7 +88,7 @@ class FuseStage:
                 except BackendError as exc:
                     raise BackendError(f"fuse pass '{name}' produced a model onnxruntime cannot "
                                        f"run: {exc}") from None
-                parity = compare_outputs(baseline, outputs, budget.atol, budget.rtol)
+                parity = compare_outputs(baseline, outputs, budget.atol or 0.0, budget.rtol or 0.0)
                 violations = parity.violations(budget)
                 if violations:
                     raise GateFailedError(

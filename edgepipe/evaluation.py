@@ -1,0 +1,164 @@
+"""Task accuracy of a model against its float original, on data the user trusts (`--eval`).
+
+`--eval` takes an image folder per class (ImageFolder layout), an `.npz` (or a
+folder of them) with the inputs and a `labels` array, or `file.py:fn`, a metric
+called as `fn(run) -> float` where `run(feed) -> {output name: array}` (higher is
+better). Fidelity against the float model (cosine, SQNR) is measured whatever the
+data, because labels are not always at hand and a bad model can keep its top-1 for
+a while.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgepipe.artifact import TensorSpec
+from edgepipe.errors import BadInputError, EdgepipeError, first_line
+from edgepipe.preprocessing import ImagePreprocessing
+from edgepipe.python_callable import load_python_callable, split_spec
+from edgepipe.stages.calibration import Feed, LabelledSample, SampleSource, open_samples
+
+Run = Callable[[Feed], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """What a model is judged on: samples (maybe labelled) and/or a user metric."""
+
+    origin: str
+    samples: list[LabelledSample] = field(default_factory=list)
+    metric: Callable[[Run], float] | None = None
+
+    @property
+    def has_labels(self) -> bool:
+        return bool(self.samples) and all(s.label is not None for s in self.samples)
+
+
+def open_eval(spec: str | Path, specs: tuple[TensorSpec, ...], *, limit: int,
+              preprocess: ImagePreprocessing | None = None, seed: int = 0) -> EvalData:
+    """Read up to `limit` evaluation samples into memory (they are reused for every candidate)."""
+    text = str(spec)
+    if split_spec(text):
+        return EvalData(origin=f"metric {text}", metric=load_python_callable(text))
+    source: SampleSource = open_samples(text, specs, flag="--eval", preprocess=preprocess, seed=seed,
+                                        with_labels=True)
+    if source.is_random:
+        raise BadInputError("--eval random: evaluation needs real data")
+    samples = list(source.labelled(limit))
+    labelled = sum(s.label is not None for s in samples)
+    if 0 < labelled < len(samples):
+        raise BadInputError(f"--eval {text}: some samples have labels and some do not")
+    return EvalData(origin=source.describe(len(samples)), samples=samples)
+
+
+def calibration_eval(samples: Iterator[Feed], origin: str) -> EvalData:
+    """Fallback when no `--eval` is given: fidelity only, on calibration samples."""
+    return EvalData(origin=origin, samples=[LabelledSample(feed, None) for feed in samples])
+
+
+def _sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
+    noise = float(np.sum((reference - candidate) ** 2))
+    signal = float(np.sum(reference ** 2))
+    if noise == 0.0:
+        return math.inf
+    return 10.0 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
+    if norm == 0.0:
+        return 1.0 if not a.any() and not b.any() else 0.0
+    return float(np.dot(a, b) / norm)
+
+
+def _topk(logits: np.ndarray, label: int, k: int) -> bool:
+    flat = logits.reshape(-1)
+    return label in np.argsort(flat)[::-1][:k]
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One model's scores; fidelity fields compare it with the float model."""
+
+    top1: float | None = None
+    top5: float | None = None
+    metric: float | None = None
+    mean_cosine: float | None = None
+    min_cosine: float | None = None
+    sqnr_db: float | None = None
+    top1_agreement: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        def tidy(value: float | None, digits: int = 6) -> float | str | None:
+            if value is None:
+                return None
+            if math.isinf(value):
+                return "inf" if value > 0 else "-inf"
+            return float(f"{value:.{digits}g}")
+
+        return {key: tidy(value) for key, value in self.__dict__.items()}
+
+
+def _outputs_of(run: Run, data: EvalData) -> list[list[np.ndarray]]:
+    return [[np.asarray(v, np.float64) for v in run(sample.feed).values()] for sample in data.samples]
+
+
+class Evaluator:
+    """Scores candidates against the float model; the float outputs are computed once."""
+
+    def __init__(self, data: EvalData, float_run: Run) -> None:
+        self.data = data
+        self._float_outputs = _outputs_of(float_run, data)
+        self._float_metric = self._call_metric(float_run) if data.metric else None
+        self.float_scores = self._labelled_scores(self._float_outputs, None)
+
+    def _call_metric(self, run: Run) -> float:
+        try:
+            value = self.data.metric(run)  # type: ignore[misc]
+        except EdgepipeError:
+            raise
+        except Exception as exc:
+            raise BadInputError(f"{self.data.origin} raised {type(exc).__name__}: "
+                                f"{first_line(exc)}") from None
+        if not isinstance(value, int | float) or math.isnan(float(value)):
+            raise BadInputError(f"{self.data.origin} returned {value!r}; expected a number")
+        return float(value)
+
+    def _labelled_scores(self, outputs: list[list[np.ndarray]], fidelity: dict[str, float] | None) -> Scores:
+        top1 = top5 = None
+        if self.data.has_labels:
+            labels = [s.label for s in self.data.samples]
+            first = [o[0] for o in outputs]
+            top1 = 100.0 * float(np.mean([_topk(o, y, 1) for o, y in zip(first, labels, strict=True)]))
+            if first[0].size >= 5:
+                top5 = 100.0 * float(np.mean([_topk(o, y, 5) for o, y in zip(first, labels, strict=True)]))
+        return Scores(top1=top1, top5=top5, metric=self._float_metric if fidelity is None else None,
+                      **(fidelity or {}))
+
+    def score(self, run: Run) -> Scores:
+        outputs = _outputs_of(run, self.data)
+        cosines = [min(_cosine(r.ravel(), c.ravel()) for r, c in zip(ref, got, strict=True))
+                   for ref, got in zip(self._float_outputs, outputs, strict=True)]
+        ref_all = np.concatenate([r[0].ravel() for r in self._float_outputs]) if outputs else np.zeros(1)
+        got_all = np.concatenate([g[0].ravel() for g in outputs]) if outputs else np.zeros(1)
+        agreement = None
+        if outputs and self._float_outputs[0][0].size > 1:
+            agreement = float(np.mean([int(np.argmax(r[0]) == np.argmax(g[0]))
+                                       for r, g in zip(self._float_outputs, outputs, strict=True)]))
+        fidelity = {"mean_cosine": float(np.mean(cosines)) if cosines else None,
+                    "min_cosine": float(np.min(cosines)) if cosines else None,
+                    "sqnr_db": _sqnr_db(ref_all, got_all), "top1_agreement": agreement}
+        scores = self._labelled_scores(outputs, fidelity)
+        if self.data.metric is not None:
+            scores = Scores(**{**scores.__dict__, "metric": self._call_metric(run)})
+        return scores
+
+    @property
+    def float_metric(self) -> float | None:
+        return self._float_metric

@@ -1,0 +1,1 @@
+"""Post-training int8: calibration ranges, QDQ writing, sensitivity, caches for other runtimes."""

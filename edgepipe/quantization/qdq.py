@@ -1,0 +1,57 @@
+"""Write the QDQ ONNX model from a calibration cache with onnxruntime.quantization.
+
+QDQ (QuantizeLinear/DequantizeLinear pairs around float ops) is the int8 form
+ONNX Runtime, OpenVINO and TensorRT all consume. Re-running this with a different
+exclusion list reuses the cache, so per-layer fallback never recalibrates.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from edgepipe.errors import BackendError, first_line
+from edgepipe.quantization.ranges import Method, ort_method
+from edgepipe.quantization.scheme import Int8Scheme
+
+
+def write_qdq(model: Path, cache: Path, output: Path, *, scheme: Int8Scheme, method: Method,
+              per_channel: bool, exclude: Sequence[str] = (), only: Sequence[str] | None = None,
+              op_types: Sequence[str] | None = None) -> None:
+    """Quantize `model` (already pre-processed) into `output` with the cached ranges."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    activation = QuantType.QInt8 if scheme.activations == "int8" else QuantType.QUInt8
+    # onnxruntime warns about pre-processing on every call; the stage has done it.
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)
+    try:
+        quantize_static(
+            str(model), str(output), calibration_data_reader=None, quant_format=QuantFormat.QDQ,
+            per_channel=per_channel, reduce_range=scheme.reduce_range, activation_type=activation,
+            weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
+            nodes_to_quantize=list(only) if only is not None else None,
+            op_types_to_quantize=list(op_types) if op_types else None,
+            calibrate_method=ort_method(method), calibration_cache_path=str(cache),
+            extra_options={"ActivationSymmetric": scheme.symmetric_activations, "WeightSymmetric": True})
+    except Exception as exc:
+        raise BackendError(f"onnxruntime.quantization failed on {model.name}: {first_line(exc)}") from None
+    finally:
+        logging.getLogger().setLevel(quiet)
+
+
+def write_dynamic(model: Path, output: Path, *, per_channel: bool, exclude: Sequence[str] = (),
+                  only: Sequence[str] | None = None) -> None:
+    """Dynamic int8 MatMul (weights int8 offline, activations per call): standard
+    DynamicQuantizeLinear + MatMulInteger, which ONNX Runtime's CPU provider runs well."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    try:
+        quantize_dynamic(str(model), str(output), op_types_to_quantize=["MatMul", "Gemm"],
+                         per_channel=per_channel, weight_type=QuantType.QInt8,
+                         nodes_to_exclude=list(exclude),
+                         nodes_to_quantize=list(only) if only is not None else None,
+                         extra_options={"MatMulConstBOnly": True})
+    except Exception as exc:
+        raise BackendError(f"onnxruntime.quantization failed on {model.name}: {first_line(exc)}") from None

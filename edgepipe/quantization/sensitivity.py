@@ -1,0 +1,143 @@
+"""Per-layer quantization error, measured where it arises.
+
+For every tensor the QDQ model quantizes, the float model's own activations on a
+few samples are passed through that tensor's QuantizeLinear/DequantizeLinear
+(scale and zero point read from the QDQ model) and compared with themselves:
+SQNR in dB. Measuring each tensor on float inputs, not the QDQ model's, keeps
+one bad layer from smearing its error over every layer after it, so the ranking
+points at the layer to keep in float. Weights are judged the same way on their
+per-channel int8 copies.
+
+onnxruntime's `qdq_loss_debug` compares activations of the two models end to end;
+the local measure used here is ours because it is what the fallback ranking needs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+Feed = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class QuantizedTensor:
+    name: str
+    kind: str  # activation | weight
+    scale: float  # per-tensor scale, or the largest per-channel scale
+    zero_point: int
+    sqnr_db: float
+    producer: str | None
+    consumers: tuple[str, ...]
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """The float-model nodes to keep in float so this tensor is no longer quantized."""
+        if self.kind == "weight":
+            return self.consumers
+        return tuple(n for n in (self.producer, *self.consumers) if n)
+
+    def to_json(self) -> dict[str, object]:
+        return {"tensor": self.name, "kind": self.kind, "scale": float(f"{self.scale:.6g}"),
+                "zero_point": self.zero_point,
+                "sqnr_db": round(self.sqnr_db, 2) if math.isfinite(self.sqnr_db) else "inf",
+                "nodes": list(self.nodes)}
+
+
+def _sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
+    noise = float(np.sum((reference.astype(np.float64) - candidate) ** 2))
+    if noise == 0.0:
+        return math.inf
+    signal = float(np.sum(reference.astype(np.float64) ** 2))
+    return 10.0 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
+def _fake_quant(values: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, dtype: np.dtype,
+                axis: int | None) -> np.ndarray:
+    info = np.iinfo(dtype)
+    if axis is not None and scale.ndim == 1:
+        shape = [1] * values.ndim
+        shape[axis] = -1
+        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+    quantized = np.clip(np.rint(values / scale) + zero_point, info.min, info.max)
+    return (quantized - zero_point) * scale
+
+
+def measure(float_model: Path, qdq_model: Path, samples: Sequence[Feed]) -> list[QuantizedTensor]:
+    """Every quantized tensor with its scale and local SQNR, worst first."""
+    import onnx
+    import onnxruntime
+    from onnx import numpy_helper
+
+    qdq = onnx.load(str(qdq_model))
+    constants = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
+    original = onnx.load(str(float_model))
+    float_weights = {i.name: numpy_helper.to_array(i) for i in original.graph.initializer}
+    producers = {out: n.name for n in original.graph.node for out in n.output}
+    consumers: dict[str, list[str]] = {}
+    for node in original.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.name)
+
+    known = set(producers) | {i.name for i in original.graph.input}
+    activations: dict[str, tuple[np.ndarray, np.ndarray, np.dtype]] = {}
+    rows: list[QuantizedTensor] = []
+    for node in qdq.graph.node:
+        if node.op_type == "QuantizeLinear" and node.input[0] not in constants:
+            scale, zero = constants.get(node.input[1]), constants.get(node.input[2])
+            if scale is not None and zero is not None and node.input[0] in known:
+                activations[node.input[0]] = (scale, zero, zero.dtype)
+        elif node.op_type == "DequantizeLinear" and node.input[0] in constants:
+            weight_name = node.input[0].removesuffix("_quantized")
+            reference = float_weights.get(weight_name)
+            if reference is None or len(node.input) < 3:
+                continue
+            scale, zero = constants[node.input[1]], constants[node.input[2]]
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 1) if scale.ndim == 1 else None
+            stored = constants[node.input[0]].astype(np.float64)
+            restored = (stored - _broadcast(zero, axis, reference.ndim)) \
+                * _broadcast(scale, axis, reference.ndim)
+            rows.append(QuantizedTensor(weight_name, "weight", float(np.max(scale)), 0,
+                                        _sqnr_db(reference, restored), None,
+                                        tuple(consumers.get(weight_name, ()))))
+
+    if activations and samples:
+        wanted = list(activations)
+        probe = onnx.load(str(float_model))
+        existing = {o.name for o in probe.graph.output}
+        probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in wanted if n not in existing)
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = onnxruntime.InferenceSession(probe.SerializeToString(), options,
+                                               providers=["CPUExecutionProvider"])
+        inputs = {i.name for i in session.get_inputs()}
+        noise = dict.fromkeys(wanted, 0.0)
+        signal = dict.fromkeys(wanted, 0.0)
+        for feed in samples:
+            values = dict(zip(wanted, session.run(wanted, {k: v for k, v in feed.items() if k in inputs}),
+                              strict=True))
+            for name, value in values.items():
+                scale, zero, dtype = activations[name]
+                restored = _fake_quant(value.astype(np.float64), scale.astype(np.float64),
+                                       zero.astype(np.float64), dtype, None)
+                noise[name] += float(np.sum((value - restored) ** 2))
+                signal[name] += float(np.sum(value.astype(np.float64) ** 2))
+        for name in wanted:
+            scale, zero, _ = activations[name]
+            sqnr = math.inf if noise[name] == 0 else (
+                10 * math.log10(signal[name] / noise[name]) if signal[name] > 0 else -math.inf)
+            rows.append(QuantizedTensor(name, "activation", float(np.max(scale)), int(np.max(zero)), sqnr,
+                                        producers.get(name), tuple(consumers.get(name, ()))))
+    return sorted(rows, key=lambda r: r.sqnr_db)
+
+
+def _broadcast(values: np.ndarray, axis: int | None, ndim: int) -> np.ndarray:
+    if axis is None or values.ndim == 0:
+        return values.astype(np.float64)
+    shape = [1] * ndim
+    shape[axis] = -1
+    return values.astype(np.float64).reshape(shape)

@@ -1,0 +1,50 @@
+"""TensorRT's calibration cache (`calib.cache`), written from our calibration ranges.
+
+Hand-written because only TensorRT's own calibrators write this file and TensorRT
+cannot be installed on build hosts. The format is a header line
+`TRT-<NV_TENSORRT_VERSION>-<Calibrator>` and one `tensor: <hex>` line per tensor,
+the hex being the big-endian IEEE-754 float32 of scale = amax / 127 (symmetric
+int8). With it, a device whose TensorRT predates explicit QDQ support can build an
+int8 engine from the float ONNX model plus the cache.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from pathlib import Path
+
+CALIBRATORS = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration",
+               "percentile": "EntropyCalibration2"}
+_HEADER = re.compile(r"^TRT-(\d+)-(\w+)$")
+
+
+def version_code(version: str) -> int:
+    """NV_TENSORRT_VERSION for "8.6.1" (8601) or "10.3.0" (100300)."""
+    parts = [int(p) for p in ([*version.split("."), "0", "0"])[:3]]
+    major, minor, patch = parts
+    return major * (10000 if major >= 10 else 1000) + minor * 100 + patch
+
+
+def write_cache(ranges: dict[str, tuple[float, float]], path: Path, *, tensorrt_version: str,
+                method: str) -> dict[str, float]:
+    """Write the cache; return the scales written, by tensor name (sorted for reproducibility)."""
+    scales = {name: max(abs(low), abs(high)) / 127.0 for name, (low, high) in sorted(ranges.items())}
+    lines = [f"TRT-{version_code(tensorrt_version)}-{CALIBRATORS[method]}"]
+    lines += [f"{name}: {struct.pack('>f', scale).hex()}" for name, scale in scales.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="ascii")
+    return scales
+
+
+def read_cache(path: Path) -> tuple[str, dict[str, float]]:
+    """(header, {tensor: scale}) from a cache file; raises ValueError on a malformed one."""
+    lines = path.read_text(encoding="ascii").splitlines()
+    if not lines or not _HEADER.match(lines[0]):
+        raise ValueError(f"{path}: not a TensorRT calibration cache (header {lines[:1]})")
+    scales = {}
+    for line in lines[1:]:
+        name, _, value = line.rpartition(": ")
+        if not name or len(value) != 8:
+            raise ValueError(f"{path}: malformed line {line!r}")
+        scales[name] = struct.unpack(">f", bytes.fromhex(value))[0]
+    return lines[0], scales

@@ -1,0 +1,322 @@
+"""Quantize: post-training int8 to QDQ ONNX, measured against the float model, gated by a budget.
+
+Steps: onnxruntime's quantization pre-processing; ranges calibrated by streaming
+the calibration set; the scheme chosen per model type and target; the int8 model
+scored against the float one on evaluation data; and when the budget is broken,
+either a failed build or per-layer fallback: the layers with the worst local
+quantization error are kept in float, one at a time, until the budget holds.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from time import perf_counter
+from typing import Any, Literal
+
+from pydantic import Field
+
+from edgepipe import onnx_model
+from edgepipe.artifact import Artifact
+from edgepipe.config import AccuracyBudget
+from edgepipe.errors import BackendError, BadInputError, GateFailedError, first_line
+from edgepipe.evaluation import EvalData, Evaluator, Scores, calibration_eval, open_eval
+from edgepipe.preprocessing import ImagePreprocessing
+from edgepipe.quantization import ranges, sensitivity, tensorrt_cache, transformer
+from edgepipe.quantization.qdq import write_dynamic, write_qdq
+from edgepipe.settings import StrictModel
+from edgepipe.stages.base import BuildContext, StageOutcome
+from edgepipe.stages.calibration import SampleSource, open_samples
+
+CALIBRATION_CACHE = "calib.cache"
+ORT_RANGES = "calibration-ranges.json"
+
+
+class QuantizeBudget(StrictModel):
+    """How much int8 may cost, judged on `--eval` data (else on calibration samples)."""
+
+    max_top1_drop: float = Field(1.0, ge=0, description="percentage points; needs labelled --eval data")
+    max_metric_drop: float = Field(0.02, ge=0, description="for a --eval file.py:fn metric")
+    min_cosine: float = Field(0.99, ge=-1, le=1, description="mean per-sample cosine vs the float model")
+    on_exceed: Literal["fail", "fallback"] = "fallback"
+    max_fallback: int = Field(8, ge=0, description="most tensors kept in float before giving up")
+
+
+class QuantizeSettings(StrictModel):
+    calib: str | None = Field(None, description="path, file.py:fn or 'random'; --calib overrides")
+    calib_count: int = Field(300, ge=1)
+    eval_count: int = Field(500, ge=1)
+    seed: int = 0
+    method: ranges.Method = "minmax"
+    percentile: float = Field(99.99, gt=50, le=100)
+    per_channel: bool = True
+    model_type: Literal["auto", "cnn", "transformer"] = "auto"
+    exclude_nodes: list[str] = Field(default_factory=list)
+    exclude_op_types: list[str] = Field(default_factory=list)
+    keep_first_last: bool = Field(False, description="first and last quantizable layers in float")
+    preprocess: ImagePreprocessing = ImagePreprocessing()
+    budget: QuantizeBudget = QuantizeBudget()
+
+
+QUANTIZABLE = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
+
+
+def calibration_source(ctx: BuildContext, settings: QuantizeSettings) -> SampleSource:
+    spec = ctx.calib or settings.calib
+    if spec is None:
+        raise BadInputError("the quantize stage needs calibration data: --calib PATH (images, .npy/.npz, "
+                            "or file.py:fn), or --calib random (the accuracy is then unknown)")
+    return open_samples(spec, ctx.inputs, preprocess=settings.preprocess, seed=settings.seed)
+
+
+@dataclass
+class _Candidate:
+    path: Path
+    kept_float: list[str]
+    scores: Scores
+
+
+def _name_nodes(model_path: Path) -> None:
+    """onnxruntime.quantization selects and excludes nodes by name; give every node one."""
+    import onnx
+
+    model = onnx.load(str(model_path))
+    used = {n.name for n in model.graph.node if n.name}
+    changed = False
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{index}"
+            while name in used:
+                name += "_"
+            node.name, changed = name, True
+            used.add(name)
+    if changed:
+        onnx_model.save(model, model_path)
+
+
+def _pre_process(source: Path, output: Path) -> None:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(source), str(output), skip_symbolic_shape=True)
+    except Exception as exc:
+        raise BackendError(f"onnxruntime's quantization pre-processing failed on {source.name}: "
+                           f"{first_line(exc)}") from None
+    _name_nodes(output)
+
+
+def _violations(float_scores: Scores, float_metric: float | None, scores: Scores,
+                budget: QuantizeBudget) -> list[str]:
+    found = []
+    if scores.mean_cosine is not None and scores.mean_cosine < budget.min_cosine:
+        found.append(f"mean cosine vs float {scores.mean_cosine:.4f} < {budget.min_cosine:g}")
+    if float_scores.top1 is not None and scores.top1 is not None:
+        drop = float_scores.top1 - scores.top1
+        if drop > budget.max_top1_drop:
+            found.append(f"top-1 {float_scores.top1:.2f}% -> {scores.top1:.2f}% "
+                         f"(drop {drop:.2f} > {budget.max_top1_drop:g} points)")
+    if float_metric is not None and scores.metric is not None:
+        drop = float_metric - scores.metric
+        if drop > budget.max_metric_drop:
+            found.append(f"metric {float_metric:.4g} -> {scores.metric:.4g} "
+                         f"(drop {drop:.4g} > {budget.max_metric_drop:g})")
+    return found
+
+
+def _ort_run(path: Path, ctx: BuildContext) -> Callable[[dict], dict]:
+    """Run a candidate as the target's ORT would (optimizations on, int8 kernels used)."""
+    from edgepipe.backends.onnxruntime import OnnxRuntimeRuntimeSettings, open_session, session_options
+
+    session = open_session(path, session_options(OnnxRuntimeRuntimeSettings(), "all"),
+                           ["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return lambda feed: dict(zip(names, session.run(names, feed), strict=True))
+
+
+def _median_latency_ms(path: Path, feed: dict, runs: int = 20) -> float:
+    from edgepipe.backends.onnxruntime import OnnxRuntimeRuntimeSettings, open_session, session_options
+
+    session = open_session(path, session_options(OnnxRuntimeRuntimeSettings(threads=1), "all"),
+                           ["CPUExecutionProvider"])
+    times = []
+    for _ in range(runs + 3):
+        started = perf_counter()
+        session.run(None, feed)
+        times.append(perf_counter() - started)
+    times = sorted(times[3:])
+    return 1000 * times[len(times) // 2]
+
+
+class QuantizeStage:
+    name = "quantize"
+    Settings = QuantizeSettings
+    lossy = True
+
+    @staticmethod
+    def parity_budget(settings: QuantizeSettings, float_budget: AccuracyBudget) -> AccuracyBudget:
+        """From here on, outputs are judged by fidelity, not elementwise float tolerance."""
+        return float_budget.model_copy(update={"atol": None, "rtol": None,
+                                               "min_cosine": settings.budget.min_cosine,
+                                               "min_top1_agreement": 0.0})
+
+    def run(self, model: Artifact, settings: QuantizeSettings, ctx: BuildContext,
+            output: Path) -> StageOutcome:
+        started = perf_counter()
+        work = ctx.work_dir / "quantize"
+        work.mkdir(parents=True, exist_ok=True)
+        prepared = work / "prepared.onnx"
+        _pre_process(model.path, prepared)
+        proto = onnx_model.load_plain(prepared)
+
+        source = calibration_source(ctx, settings)
+        cache = work / ORT_RANGES
+        calibration_started = perf_counter()
+        ranges_symmetric = ctx.target.int8.symmetric_activations
+        counts = ranges.calibrate(prepared, source.samples(settings.calib_count), cache,
+                                  method=settings.method, percentile=settings.percentile,
+                                  symmetric=ranges_symmetric)
+        calibration_seconds = perf_counter() - calibration_started
+
+        eval_data = self._eval_data(ctx, settings, source)
+        evaluator = Evaluator(eval_data, _ort_run(prepared, ctx))
+
+        model_type = settings.model_type
+        if model_type == "auto":
+            model_type = "transformer" if transformer.is_transformer(proto) else "cnn"
+        scheme, excluded, only = self._selection(proto, settings, model_type, ctx)
+
+        def quantize(kept_float: Sequence[str], path: Path) -> _Candidate:
+            exclude = [*excluded, *kept_float]
+            if scheme == "dynamic":
+                write_dynamic(prepared, path, per_channel=settings.per_channel, exclude=exclude, only=only)
+            else:
+                write_qdq(prepared, cache, path, scheme=ctx.target.int8, method=settings.method,
+                          per_channel=settings.per_channel, exclude=exclude, only=only)
+            return _Candidate(path, list(kept_float), evaluator.score(_ort_run(path, ctx)))
+
+        candidate = quantize([], work / "int8.onnx")
+        first_scores = candidate.scores
+        problems = _violations(evaluator.float_scores, evaluator.float_metric, candidate.scores,
+                               settings.budget)
+        fallback_rows: list[dict[str, Any]] = []
+        layers = sensitivity.measure(prepared, candidate.path, [s.feed for s in eval_data.samples[:16]]) \
+            if scheme != "dynamic" else []
+        if problems and settings.budget.on_exceed == "fail":
+            raise GateFailedError(f"int8 quantization exceeds the budget: {problems[0]}; set "
+                                  "[quantize.budget] on_exceed = \"fallback\" to keep sensitive layers "
+                                  "in float")
+        if problems:
+            candidate, fallback_rows = self._fall_back(candidate, layers, quantize, evaluator,
+                                                       settings.budget, work, eval_data)
+            problems = _violations(evaluator.float_scores, evaluator.float_metric, candidate.scores,
+                                   settings.budget)
+            if problems:
+                kept = sum(len(r["nodes"]) for r in fallback_rows)
+                raise GateFailedError(
+                    f"int8 quantization exceeds the budget even with {kept} nodes kept in float "
+                    f"({len(fallback_rows)} tensors, max_fallback {settings.budget.max_fallback}): "
+                    f"{problems[0]}")
+
+        shutil.copyfile(candidate.path, output)
+        warnings = []
+        if source.is_random:
+            warnings.append("calibrated on random data (--calib random): int8 accuracy is unknown")
+        if not eval_data.has_labels and eval_data.metric is None:
+            warnings.append(f"no labelled --eval data: only fidelity to the float model was measured "
+                            f"({eval_data.origin})")
+        cache_scales = self._tensorrt_cache(cache, ctx, settings)
+        result = onnx_model.load_plain(output)
+        artifact = Artifact(output, "onnx", model.inputs, onnx_model.graph_outputs(result))
+        return StageOutcome(artifact, warnings=warnings, metrics={
+            "scheme": scheme,
+            "model_type": model_type,
+            "activations": ctx.target.int8.activations if scheme != "dynamic" else "dynamic uint8",
+            "weights": "int8 symmetric " + ("per-channel" if settings.per_channel else "per-tensor"),
+            "calibration": {"origin": source.describe(counts["samples"]), "random": source.is_random,
+                            "method": settings.method, "samples": counts["samples"],
+                            "tensors": counts["tensors"], "seconds": round(calibration_seconds, 3)},
+            "preprocessing": source.preprocessing.to_json() if source.preprocessing else None,
+            "evaluation": {"origin": eval_data.origin, "samples": len(eval_data.samples),
+                           "float": evaluator.float_scores.to_json(),
+                           "int8_before_fallback": first_scores.to_json(),
+                           "int8": candidate.scores.to_json()},
+            "budget": settings.budget.model_dump(mode="json"),
+            "excluded": excluded,
+            "fallback": fallback_rows,
+            "worst_layers": [row.to_json() for row in layers[:10]],
+            "size_bytes": {"float": prepared.stat().st_size, "int8": output.stat().st_size},
+            "calibration_cache": cache_scales,
+            "seconds_total": round(perf_counter() - started, 3),
+        })
+
+    @staticmethod
+    def _eval_data(ctx: BuildContext, settings: QuantizeSettings, source: SampleSource) -> EvalData:
+        if ctx.eval is not None:
+            return open_eval(ctx.eval, ctx.inputs, limit=settings.eval_count, preprocess=settings.preprocess,
+                             seed=settings.seed)
+        count = min(settings.eval_count, 64 if source.is_random else settings.eval_count)
+        samples = list(source.samples(count))
+        return calibration_eval(iter(samples), f"{source.describe(len(samples))} (calibration data)")
+
+    @staticmethod
+    def _selection(model, settings: QuantizeSettings, model_type: str,
+                   ctx: BuildContext) -> tuple[str, list[str], list[str] | None]:
+        """(scheme, excluded node names, only these nodes or None)."""
+        by_type = [n.name for n in model.graph.node if n.op_type in settings.exclude_op_types]
+        names = {n.name for n in model.graph.node}
+        unknown = [n for n in settings.exclude_nodes if n not in names]
+        if unknown:
+            raise BadInputError(f"[quantize] exclude_nodes: no node named '{unknown[0]}' in the model")
+        excluded = [*settings.exclude_nodes, *by_type]
+        if settings.keep_first_last:
+            layers = [n.name for n in model.graph.node if n.op_type in QUANTIZABLE]
+            excluded += layers[:1] + layers[-1:]
+        if model_type == "transformer":
+            only = [n for n in transformer.weight_matmuls(model) if n not in excluded]
+            scheme = "dynamic" if ctx.target.int8.dynamic_matmul else "static-weight-matmuls"
+            return scheme, excluded, only
+        return "static", excluded, None
+
+    @staticmethod
+    def _fall_back(candidate: _Candidate, layers: list[sensitivity.QuantizedTensor], quantize,
+                   evaluator: Evaluator, budget: QuantizeBudget, work: Path,
+                   eval_data: EvalData) -> tuple[_Candidate, list[dict[str, Any]]]:
+        """Keep the worst tensors' nodes in float, worst first, until the budget holds."""
+        rows: list[dict[str, Any]] = []
+        feed = eval_data.samples[0].feed if eval_data.samples else None
+        latency = _median_latency_ms(candidate.path, feed) if feed else None
+        kept: list[str] = []
+        for layer in layers:
+            if len(rows) == budget.max_fallback:
+                break
+            new_nodes = [n for n in layer.nodes if n not in kept]
+            if not new_nodes:
+                continue
+            kept += new_nodes
+            candidate = quantize(kept, work / f"int8-fallback-{len(rows) + 1}.onnx")
+            new_latency = _median_latency_ms(candidate.path, feed) if feed else None
+            rows.append({**layer.to_json(), "nodes": new_nodes,
+                         "mean_cosine_after": candidate.scores.mean_cosine,
+                         "top1_after": candidate.scores.top1,
+                         "latency_cost_ms": None if latency is None else round(new_latency - latency, 3)})
+            latency = new_latency
+            if not _violations(evaluator.float_scores, evaluator.float_metric, candidate.scores, budget):
+                break
+        return candidate, rows
+
+    @staticmethod
+    def _tensorrt_cache(cache: Path, ctx: BuildContext, settings: QuantizeSettings) -> dict[str, Any]:
+        """calib.cache beside the intermediates, and in the bundle where the target uses it."""
+        path = ctx.work_dir / CALIBRATION_CACHE
+        scales = tensorrt_cache.write_cache(ranges.load_ranges(cache), path,
+                                            tensorrt_version=ctx.target.int8.tensorrt_version,
+                                            method=settings.method)
+        if ctx.target.int8.calibration_cache:
+            ctx.bundle_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, ctx.bundle_dir / CALIBRATION_CACHE)
+        finite = [s for s in scales.values() if math.isfinite(s)]
+        return {"file": CALIBRATION_CACHE, "tensors": len(scales),
+                "in_bundle": ctx.target.int8.calibration_cache, "max_scale": max(finite) if finite else None}
