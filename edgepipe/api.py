@@ -29,6 +29,7 @@ from edgepipe.shapes import parse_input_specs, resolve_inputs
 from edgepipe.sources import load_source
 from edgepipe.stages import BuildContext
 from edgepipe.stages.calibration import RANDOM, open_samples
+from edgepipe.stages.quantize import CALIBRATION_NEEDED
 from edgepipe.staging import publish, staging_area
 
 
@@ -80,6 +81,8 @@ def build(
             specs = resolve_inputs(source.declared_inputs(overrides), overrides)
             budget = resolved_profile.accuracy
             calib_spec = str(calib) if calib is not None else _profile_calib(resolved_profile)
+            if calib_spec is None and "quantize" in resolved_profile.stages:
+                raise BadInputError(CALIBRATION_NEEDED)
             samples, origin = reference_samples(calib_spec, specs, resolved_profile)
             reference = make_reference(source, specs, budget.samples, budget.seed, samples, origin)
             context = BuildContext(source=source, target=resolved_target, profile=resolved_profile,

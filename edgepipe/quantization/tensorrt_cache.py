@@ -26,10 +26,38 @@ def version_code(version: str) -> int:
     return major * (10000 if major >= 10 else 1000) + minor * 100 + patch
 
 
+def symmetric_qdq_scales(model_path: Path) -> dict[str, float]:
+    """Activation scales of a QDQ model quantized symmetric int8 (zero point 0), by tensor.
+
+    onnxruntime gives a Conv's output the range of the ReLU after it, so these, not
+    the raw calibration ranges, are what the int8 graph uses; the cache must agree.
+    """
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(model_path))
+    constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    scales = {}
+    for node in model.graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] in constants or len(node.input) < 3:
+            continue
+        scale, zero = constants.get(node.input[1]), constants.get(node.input[2])
+        if scale is not None and zero is not None and scale.size == 1 and zero.dtype == np.int8 \
+                and int(zero) == 0:
+            scales[node.input[0]] = float(scale)
+    return scales
+
+
 def write_cache(ranges: dict[str, tuple[float, float]], path: Path, *, tensorrt_version: str,
-                method: str) -> dict[str, float]:
-    """Write the cache; return the scales written, by tensor name (sorted for reproducibility)."""
-    scales = {name: max(abs(low), abs(high)) / 127.0 for name, (low, high) in sorted(ranges.items())}
+                method: str, qdq_scales: dict[str, float] | None = None) -> dict[str, float]:
+    """Write the cache; return the scales written, by tensor name (sorted for reproducibility).
+
+    Scales are amax / 127 from the calibration ranges, replaced by the QDQ model's own
+    scale wherever it quantized a tensor symmetrically.
+    """
+    scales = {name: max(abs(low), abs(high)) / 127.0 for name, (low, high) in ranges.items()}
+    scales = dict(sorted({**scales, **(qdq_scales or {})}.items()))
     lines = [f"TRT-{version_code(tensorrt_version)}-{CALIBRATORS[method]}"]
     lines += [f"{name}: {struct.pack('>f', scale).hex()}" for name, scale in scales.items()]
     path.write_text("\n".join(lines) + "\n", encoding="ascii")

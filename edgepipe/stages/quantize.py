@@ -32,6 +32,8 @@ from edgepipe.stages.base import BuildContext, StageOutcome
 from edgepipe.stages.calibration import SampleSource, open_samples
 
 CALIBRATION_CACHE = "calib.cache"
+CALIBRATION_NEEDED = ("the quantize stage needs calibration data: --calib PATH (images, .npy/.npz, "
+                      "or file.py:fn), or --calib random (the accuracy is then unknown)")
 ORT_RANGES = "calibration-ranges.json"
 
 
@@ -67,8 +69,7 @@ QUANTIZABLE = {"Conv", "ConvTranspose", "MatMul", "Gemm"}
 def calibration_source(ctx: BuildContext, settings: QuantizeSettings) -> SampleSource:
     spec = ctx.calib or settings.calib
     if spec is None:
-        raise BadInputError("the quantize stage needs calibration data: --calib PATH (images, .npy/.npz, "
-                            "or file.py:fn), or --calib random (the accuracy is then unknown)")
+        raise BadInputError(CALIBRATION_NEEDED)
     return open_samples(spec, ctx.inputs, preprocess=settings.preprocess, seed=settings.seed)
 
 
@@ -100,8 +101,11 @@ def _name_nodes(model_path: Path) -> None:
 def _pre_process(source: Path, output: Path) -> None:
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    # Its optimization step is skipped: the fuse stage already folded the graph, and on
+    # the example encoder ORT's own basic-level rewrite wrote a model ORT then refused
+    # to load ("Attempt to replace the existing tensor", onnxruntime 1.32).
     try:
-        quant_pre_process(str(source), str(output), skip_symbolic_shape=True)
+        quant_pre_process(str(source), str(output), skip_optimization=True, skip_symbolic_shape=True)
     except Exception as exc:
         raise BackendError(f"onnxruntime's quantization pre-processing failed on {source.name}: "
                            f"{first_line(exc)}") from None
@@ -111,8 +115,6 @@ def _pre_process(source: Path, output: Path) -> None:
 def _violations(float_scores: Scores, float_metric: float | None, scores: Scores,
                 budget: QuantizeBudget) -> list[str]:
     found = []
-    if scores.mean_cosine is not None and scores.mean_cosine < budget.min_cosine:
-        found.append(f"mean cosine vs float {scores.mean_cosine:.4f} < {budget.min_cosine:g}")
     if float_scores.top1 is not None and scores.top1 is not None:
         drop = float_scores.top1 - scores.top1
         if drop > budget.max_top1_drop:
@@ -123,6 +125,8 @@ def _violations(float_scores: Scores, float_metric: float | None, scores: Scores
         if drop > budget.max_metric_drop:
             found.append(f"metric {float_metric:.4g} -> {scores.metric:.4g} "
                          f"(drop {drop:.4g} > {budget.max_metric_drop:g})")
+    if scores.mean_cosine is not None and scores.mean_cosine < budget.min_cosine:
+        found.append(f"mean cosine vs float {scores.mean_cosine:.4f} < {budget.min_cosine:g}")
     return found
 
 
@@ -202,14 +206,18 @@ class QuantizeStage:
         problems = _violations(evaluator.float_scores, evaluator.float_metric, candidate.scores,
                                settings.budget)
         fallback_rows: list[dict[str, Any]] = []
-        layers = sensitivity.measure(prepared, candidate.path, [s.feed for s in eval_data.samples[:16]]) \
-            if scheme != "dynamic" else []
+        probe = [s.feed for s in eval_data.samples[:16]]
+
+        def measure(path: Path) -> list[sensitivity.QuantizedTensor]:
+            return sensitivity.measure(prepared, path, probe) if scheme != "dynamic" else []
+
+        layers = measure(candidate.path)
         if problems and settings.budget.on_exceed == "fail":
-            raise GateFailedError(f"int8 quantization exceeds the budget: {problems[0]}; set "
+            raise GateFailedError(f"int8 quantization exceeds the budget: {'; '.join(problems)}; set "
                                   "[quantize.budget] on_exceed = \"fallback\" to keep sensitive layers "
                                   "in float")
         if problems:
-            candidate, fallback_rows = self._fall_back(candidate, layers, quantize, evaluator,
+            candidate, fallback_rows = self._fall_back(candidate, layers, quantize, measure, evaluator,
                                                        settings.budget, work, eval_data)
             problems = _violations(evaluator.float_scores, evaluator.float_metric, candidate.scores,
                                    settings.budget)
@@ -227,7 +235,7 @@ class QuantizeStage:
         if not eval_data.has_labels and eval_data.metric is None:
             warnings.append(f"no labelled --eval data: only fidelity to the float model was measured "
                             f"({eval_data.origin})")
-        cache_scales = self._tensorrt_cache(cache, ctx, settings)
+        cache_scales = self._tensorrt_cache(cache, output, ctx, settings)
         result = onnx_model.load_plain(output)
         artifact = Artifact(output, "onnx", model.inputs, onnx_model.graph_outputs(result))
         return StageOutcome(artifact, warnings=warnings, metrics={
@@ -281,20 +289,23 @@ class QuantizeStage:
         return "static", excluded, None
 
     @staticmethod
-    def _fall_back(candidate: _Candidate, layers: list[sensitivity.QuantizedTensor], quantize,
+    def _fall_back(candidate: _Candidate, layers: list[sensitivity.QuantizedTensor], quantize, measure,
                    evaluator: Evaluator, budget: QuantizeBudget, work: Path,
                    eval_data: EvalData) -> tuple[_Candidate, list[dict[str, Any]]]:
-        """Keep the worst tensors' nodes in float, worst first, until the budget holds."""
+        """Keep the worst tensor's nodes in float, re-measure, repeat until the budget holds.
+
+        Re-measuring matters: keeping a node in float can expose a neighbour's tensor
+        to quantization (a Conv whose fused ReLU is now float quantizes its own output).
+        """
         rows: list[dict[str, Any]] = []
         feed = eval_data.samples[0].feed if eval_data.samples else None
         latency = _median_latency_ms(candidate.path, feed) if feed else None
         kept: list[str] = []
-        for layer in layers:
-            if len(rows) == budget.max_fallback:
+        while len(rows) < budget.max_fallback:
+            layer = next((t for t in layers if any(n not in kept for n in t.nodes)), None)
+            if layer is None:
                 break
             new_nodes = [n for n in layer.nodes if n not in kept]
-            if not new_nodes:
-                continue
             kept += new_nodes
             candidate = quantize(kept, work / f"int8-fallback-{len(rows) + 1}.onnx")
             new_latency = _median_latency_ms(candidate.path, feed) if feed else None
@@ -305,15 +316,18 @@ class QuantizeStage:
             latency = new_latency
             if not _violations(evaluator.float_scores, evaluator.float_metric, candidate.scores, budget):
                 break
+            layers = measure(candidate.path)
         return candidate, rows
 
     @staticmethod
-    def _tensorrt_cache(cache: Path, ctx: BuildContext, settings: QuantizeSettings) -> dict[str, Any]:
+    def _tensorrt_cache(cache: Path, model: Path, ctx: BuildContext,
+                        settings: QuantizeSettings) -> dict[str, Any]:
         """calib.cache beside the intermediates, and in the bundle where the target uses it."""
         path = ctx.work_dir / CALIBRATION_CACHE
         scales = tensorrt_cache.write_cache(ranges.load_ranges(cache), path,
                                             tensorrt_version=ctx.target.int8.tensorrt_version,
-                                            method=settings.method)
+                                            method=settings.method,
+                                            qdq_scales=tensorrt_cache.symmetric_qdq_scales(model))
         if ctx.target.int8.calibration_cache:
             ctx.bundle_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, ctx.bundle_dir / CALIBRATION_CACHE)
