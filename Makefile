@@ -33,6 +33,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_cpu.py
+	$(BIN)/python bench/bench_fuse.py
+	$(BIN)/python bench/bench_int8.py
 
 clean:
 	rm -rf $(VENV) dist .pytest_cache

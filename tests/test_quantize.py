@@ -293,3 +293,59 @@ def test_transformer_uses_its_own_scheme(cli, tmp_path):
     assert ops["QuantizeLinear"] == 0  # LayerNorm, Softmax and GELU stay float
     assert metrics["evaluation"]["int8"]["mean_cosine"] > 0.985
 
+
+
+def test_run_py_feeds_an_image_as_calibration_did(cli, tmp_path, trained_digits, digits_pngs):
+    """The device's run.py re-implements the preprocessing; both must give the same tensor."""
+    from edgepipe.artifact import TensorSpec
+    from edgepipe.preprocessing import ImagePreprocessing, resolve
+
+    out = tmp_path / "b"
+    assert cli("build", DIGITS, "--weights", trained_digits["weights"], "--profile", "int8",
+               "--calib", digits_pngs, "--out", out).exit_code == 0
+    image = next(digits_pngs.rglob("*.png"))
+    done = subprocess.run([sys.executable, str(out / "run.py"), "--input", str(image), "--output",
+                           str(tmp_path / "o.npz"), "--json"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    spec = manifest["inputs"][0]
+    expected = resolve(ImagePreprocessing(), TensorSpec(spec["name"], tuple(spec["shape"]), spec["dtype"],
+                                                        spec["layout"])).image_to_array(image)[None]
+    import importlib.util
+
+    loader = importlib.util.spec_from_file_location("bundle_run_py", out / "run.py")
+    device_run = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(device_run)
+    fed = device_run.read_image(image, manifest["inputs"])[spec["name"]]
+    np.testing.assert_array_equal(fed, expected)
+
+
+def test_exclusions_and_first_last_layers_stay_float(cli, tmp_path, trained_digits):
+    profile = tmp_path / "keep.toml"
+    profile.write_text(textwrap.dedent("""\
+        name = "keep"
+        description = "int8 with the first and last layers and every MaxPool in float"
+        extends = "int8"
+        [quantize]
+        keep_first_last = true
+        exclude_op_types = ["MaxPool"]
+        """))
+    out = tmp_path / "b"
+    result = cli("build", DIGITS, "--weights", trained_digits["weights"], "--profile", profile,
+                 "--calib", trained_digits["test"], "--out", out)
+    assert result.exit_code == 0, result.stderr
+    excluded = _quantize_metrics(out)["excluded"]
+    assert any("MaxPool" in n for n in excluded)
+    assert any("features.0" in n for n in excluded) and any("classifier" in n for n in excluded)
+    model = onnx.load(str(out / "model.onnx"))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.name in excluded and node.op_type in ("Conv", "Gemm"):
+            weight = producers.get(node.input[1])
+            assert weight is None or weight.op_type != "DequantizeLinear", node.name
+
+    profile.write_text(profile.read_text() + 'exclude_nodes = ["no-such-node"]\n')
+    bad = cli("build", DIGITS, "--weights", trained_digits["weights"], "--profile", profile,
+              "--calib", trained_digits["test"], "--out", tmp_path / "c")
+    assert bad.exit_code == 2
+    assert "no node named 'no-such-node'" in bad.stderr.splitlines()[-1]

@@ -8,6 +8,7 @@ that reason.
 
     python run.py --verify
     python run.py --input sample.npz --output out.npz
+    python run.py --input photo.jpg        # decoded and preprocessed as at calibration (needs Pillow)
     python run.py --benchmark --runs 100 --warmup 10 --threads 2 --json
 """
 
@@ -142,6 +143,48 @@ def read_inputs(path: Path, specs: list) -> dict:
     return feed
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+
+
+def read_image(path: Path, specs: list) -> dict:
+    """An image fed the way calibration fed it, from the manifest's preprocessing record.
+
+    The same steps as edgepipe.preprocessing (kept in step by a test): run.py must not
+    import edgepipe.
+    """
+    pre = specs[0].get("preprocessing") if len(specs) == 1 else None
+    if not pre or pre.get("kind") != "image":
+        raise RunError(f"{path}: this bundle records no image preprocessing; give a .npy/.npz input")
+    try:
+        from PIL import Image
+    except ImportError:
+        raise RunError("image inputs need Pillow: pip install pillow", 3) from None
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if pre["channels"] == "gray" else "RGB")
+            width, height = image.size
+            factor = pre["resize"] / min(width, height)
+            image = image.resize((max(1, round(width * factor)), max(1, round(height * factor))),
+                                 Image.Resampling.BILINEAR)
+            crop_h, crop_w = pre["crop"]
+            left, top = (image.width - crop_w) // 2, (image.height - crop_h) // 2
+            pixels = np.asarray(image.crop((left, top, left + crop_w, top + crop_h)), np.float32)
+    except OSError as exc:
+        raise RunError(f"{path}: unreadable image ({exc})") from None
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pre["channels"] == "bgr":
+        pixels = pixels[:, :, ::-1]
+    mean, std = np.asarray(pre["mean"], np.float32), np.asarray(pre["std"], np.float32)
+    pixels = (pixels * pre["scale"] - mean) / std
+    if pre["layout"] == "NCHW":
+        pixels = pixels.transpose(2, 0, 1)
+    array = np.ascontiguousarray(pixels.astype(pre["dtype"]))[None]
+    if list(array.shape) != specs[0]["shape"]:
+        raise RunError(f"{path}: one image gives {list(array.shape)}, the model takes {specs[0]['shape']}")
+    return {specs[0]["name"]: array}
+
+
 def random_inputs(specs: list, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     feed = {}
@@ -213,7 +256,9 @@ def parse_args(argv: list) -> argparse.Namespace:
     here = Path(__file__).resolve().parent
     parser.add_argument("--bundle", type=Path, default=here, help="bundle folder (default: here)")
     parser.add_argument("--verify", action="store_true", help="check files against the manifest")
-    parser.add_argument("--input", type=Path, help=".npy or .npz input (default: random)")
+    parser.add_argument("--input", type=Path,
+                        help=".npy/.npz input, or an image when the bundle records preprocessing "
+                             "(default: random)")
     parser.add_argument("--output", type=Path, help="save outputs to this .npz")
     parser.add_argument("--seed", type=int, default=0, help="seed for random inputs")
     parser.add_argument("--benchmark", action="store_true", help="time repeated inference")
@@ -244,7 +289,10 @@ def main(argv: list | None = None) -> int:
         if manifest["backend"]["name"] not in BACKENDS:
             raise RunError(f"this run.py cannot run backend '{manifest['backend']['name']}'", 3)
         specs = manifest["inputs"]
-        feed = read_inputs(args.input, specs) if args.input else random_inputs(specs, args.seed)
+        if args.input and args.input.suffix.lower() in IMAGE_SUFFIXES:
+            feed = read_image(args.input, specs)
+        else:
+            feed = read_inputs(args.input, specs) if args.input else random_inputs(specs, args.seed)
         if args.benchmark:
             result = benchmark(args, args.bundle, manifest, feed)
             if args.json:
