@@ -32,6 +32,7 @@ from edgepipe.stages.base import BuildContext, StageOutcome
 from edgepipe.stages.calibration import SampleSource, open_samples
 
 CALIBRATION_CACHE = "calib.cache"
+LOWERING_MIN_COSINE = 0.999  # lowered int8 model vs the quantize stage's own output
 CALIBRATION_NEEDED = ("the quantize stage needs calibration data: --calib PATH (images, .npy/.npz, "
                       "or file.py:fn), or --calib random (the accuracy is then unknown)")
 ORT_RANGES = "calibration-ranges.json"
@@ -161,9 +162,10 @@ class QuantizeStage:
 
     @staticmethod
     def parity_budget(settings: QuantizeSettings, float_budget: AccuracyBudget) -> AccuracyBudget:
-        """From here on, outputs are judged by fidelity, not elementwise float tolerance."""
+        """What later stages (lowering) must keep of this stage's outputs: int8 kernels
+        round differently from one runtime build to the next, so cosine, not allclose."""
         return float_budget.model_copy(update={"atol": None, "rtol": None,
-                                               "min_cosine": settings.budget.min_cosine,
+                                               "min_cosine": LOWERING_MIN_COSINE,
                                                "min_top1_agreement": 0.0})
 
     def run(self, model: Artifact, settings: QuantizeSettings, ctx: BuildContext,
