@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine, run_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {
@@ -31,13 +31,6 @@ MODELS = {
     "mobilenet_v2": "examples/models/mobilenet_v2.py:mobilenet_v2",
     "minilm": "examples/models/transformer.py:minilm",
 }
-
-
-def _worker(command: list[str]) -> dict:
-    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
-    if done.returncode != 0:
-        sys.exit(f"benchmark worker failed: {' '.join(command)}\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _candidates(name: str, bundle: Path, args: argparse.Namespace) -> dict[str, list[str]]:
@@ -75,7 +68,7 @@ def main() -> None:
             cold: dict[str, list[float]] = {"onnxruntime": [], "edgepipe": []}
             for _ in range(args.rounds):
                 for candidate, command in candidates.items():
-                    result = _worker(command)
+                    result = run_worker(command)
                     rounds[candidate].append(statistics.median(result["latencies_ms"]))
                     samples[candidate].extend(result["latencies_ms"])
                     if candidate in cold:
@@ -101,7 +94,7 @@ def main() -> None:
     report = {
         "benchmark": "cpu-latency",
         "date": datetime.now(UTC).replace(microsecond=0).isoformat(),
-        "machine": {"cpu": _cpu(), "logical_cpus": os.cpu_count(), "machine": platform.machine()},
+        "machine": machine(),
         "settings": {"threads": args.threads, "rounds": args.rounds, "runs": args.runs,
                      "warmup": args.warmup, "batch": 1,
                      "method": "each candidate in its own process, interleaved rounds, "
@@ -111,16 +104,6 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written to {args.out}")
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

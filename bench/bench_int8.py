@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,20 +27,15 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
+from common import machine, run_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {
     "resnet18": "examples/models/resnet.py:resnet18",
     "mobilenet_v2": "examples/models/mobilenet_v2.py:mobilenet_v2_imagenet",
 }
-
-
-def _worker(command: list[str]) -> dict:
-    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
-    if done.returncode != 0:
-        sys.exit(f"benchmark worker failed: {' '.join(command)}\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _images(count: int, seed: int) -> np.ndarray:
@@ -129,7 +122,7 @@ def main() -> None:
             rounds: dict[str, list[float]] = {key: [] for key in candidates}
             for _ in range(args.rounds):
                 for key, command in candidates.items():
-                    rounds[key].append(statistics.median(_worker(command)["latencies_ms"]))
+                    rounds[key].append(statistics.median(run_worker(command)["latencies_ms"]))
             median = {key: statistics.median(values) for key, values in rounds.items()}
             sizes = {"ort-fp32": exported.stat().st_size, "ort-int8-defaults": defaults.stat().st_size,
                      "ort-int8-u8": u8.stat().st_size, "edgepipe-int8": (int8 / "model.onnx").stat().st_size}
@@ -154,7 +147,7 @@ def main() -> None:
     report = {
         "benchmark": "int8",
         "date": datetime.now(UTC).replace(microsecond=0).isoformat(),
-        "machine": {"cpu": _cpu(), "logical_cpus": os.cpu_count(), "machine": platform.machine()},
+        "machine": machine(),
         "settings": {"threads": args.threads, "rounds": args.rounds, "runs": args.runs,
                      "warmup": args.warmup, "batch": 1, "calibration_samples": args.calib,
                      "eval_samples": args.eval, "inputs": "seeded standard-normal images"},
@@ -163,13 +156,6 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"written to {args.out}")
-
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 if __name__ == "__main__":
