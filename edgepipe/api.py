@@ -20,6 +20,7 @@ from edgepipe.backends import get_backend
 from edgepipe.bundle import write_bundle
 from edgepipe.config import Profile, load_profile, load_target
 from edgepipe.errors import BadInputError
+from edgepipe.extras import require
 from edgepipe.pipeline import run_stages
 from edgepipe.profiler.local import run_bundle_benchmark
 from edgepipe.profiler.report import default_profile_path, make_profile
@@ -75,6 +76,7 @@ def build(
     target_label = resolved_target.name if target.endswith(".toml") else target
     out = out or Path("dist") / f"{model_name(model)}-{target_label}"
     backend = get_backend(resolved_target.backend)
+    require(backend.runtime_module, f"target '{resolved_target.name}' (backend {backend.name})")
     try:
         with staging_area(out, force) as staging:
             source = load_source(model, trust_pickle=trust_pickle, weights=weights)

@@ -27,6 +27,10 @@ def _copy_portable(result: PipelineResult, bundle: Path) -> None:
         shutil.copyfile(result.portable.path, bundle / PORTABLE_NAME)
 
 
+def _lower_metrics(result: PipelineResult) -> dict[str, Any]:
+    return next((r.metrics for r in result.stages if r.stage == "lower"), {})
+
+
 def _preprocessing(result: PipelineResult, input_name: str) -> dict[str, Any] | None:
     """How the calibration images were turned into this input, for the device to repeat."""
     for report in result.stages:
@@ -56,6 +60,8 @@ def write_bundle(bundle: Path, *, source: SourceModel, target: Target, target_sp
             "name": target.backend,
             "artifact": result.deployed.path.name,
             "runtime": target.runtime.model_dump(mode="json"),
+            "precision": _lower_metrics(result).get("precision", "f32"),
+            "runtime_reports": _lower_metrics(result).get("runtime_reports", {}),
             "versions": backend_versions,
         },
         "portable_model": PORTABLE_NAME,

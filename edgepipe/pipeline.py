@@ -26,16 +26,21 @@ class PipelineResult:
 def runner_for(artifact: Artifact, ctx: BuildContext, quantized: bool = False) -> Runner:
     """Intermediate ONNX runs in ONNX Runtime; a backend artifact in its backend.
 
-    Float intermediates run exactly as written (no optimizations). Quantized ones run
-    with ORT's optimizations on, so QDQ pairs execute as the int8 kernels the device
-    uses rather than as float fake-quantization.
+    Float intermediates run in ONNX Runtime exactly as written (no optimizations).
+    Quantized ones run in the target's backend with its optimizations, so QDQ pairs
+    execute as the int8 kernels the device uses rather than as float fake-quantization
+    (which kernels saturate on which CPU differs between runtimes).
     """
+    precision = getattr(ctx.profile.stage_settings.get("lower"), "precision", "f32")
+    backend = get_backend(ctx.target.backend)
+    if artifact.format == "onnx" and quantized:
+        return backend.onnx_runner(artifact.path, artifact.inputs, ctx.target.runtime, precision)
     if artifact.format == "onnx":
         from edgepipe.backends.onnxruntime import OnnxRuntimeRunner, OnnxRuntimeRuntimeSettings
 
         return OnnxRuntimeRunner(artifact.path, artifact.inputs, OnnxRuntimeRuntimeSettings(),
-                                 level="all" if quantized else "disabled")
-    return get_backend(ctx.target.backend).runner(artifact, ctx.target.runtime)
+                                 level="disabled")
+    return backend.runner(artifact, ctx.target.runtime, precision)
 
 
 def outputs_of(artifact: Artifact, ctx: BuildContext, quantized: bool) -> list[dict]:

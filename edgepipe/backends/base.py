@@ -71,15 +71,25 @@ class Backend(Protocol):
 
     name: ClassVar[str]
     extra: ClassVar[str | None]  # the pip extra that installs its runtime; None if core
+    runtime_module: ClassVar[str]  # imported to check the runtime is installed
+    precisions: ClassVar[tuple[str, ...]]  # what the profile's [lower] precision may ask for
     LowerSettings: ClassVar[type[BaseModel]]  # the target's [lower] table
     RuntimeSettings: ClassVar[type[BaseModel]]  # the target's [runtime] table
 
-    def lower(self, model: Artifact, lower: Any, runtime: Any, out_dir: Path) -> tuple[Artifact, list[str]]:
-        """Write the backend artifact for `model` into `out_dir`; return it and any warnings."""
+    def lower(self, model: Artifact, lower: Any, runtime: Any, out_dir: Path,
+              precision: str = "f32") -> tuple[Artifact, list[str], dict[str, str]]:
+        """Write the backend artifact for `model` into `out_dir`; return it, warnings, and
+        what the runtime reports it actually does with it (precision, devices)."""
         ...
 
-    def runner(self, artifact: Artifact, runtime: Any) -> Runner:
+    def runner(self, artifact: Artifact, runtime: Any, precision: str = "f32") -> Runner:
         """A runner for an artifact this backend produced, with the target's runtime settings."""
+        ...
+
+    def onnx_runner(self, model: Path, inputs: tuple[TensorSpec, ...], runtime: Any,
+                    precision: str = "f32") -> Runner:
+        """Run an ONNX model (e.g. a QDQ candidate) with the kernels this backend would use
+        after lowering, so int8 accuracy is scored on what the device will run."""
         ...
 
     def runtime_versions(self) -> dict[str, str]:

@@ -128,11 +128,13 @@ class OnnxRuntimeRunner(Runner):
 class OnnxRuntimeBackend:
     name = "onnxruntime"
     extra = None
+    runtime_module = "onnxruntime"
+    precisions = ("f32",)  # int8 comes from the quantize stage
     LowerSettings = OnnxRuntimeLowerSettings
     RuntimeSettings = OnnxRuntimeRuntimeSettings
 
-    def lower(self, model: Artifact, lower: OnnxRuntimeLowerSettings,
-              runtime: OnnxRuntimeRuntimeSettings, out_dir: Path) -> tuple[Artifact, list[str]]:
+    def lower(self, model: Artifact, lower: OnnxRuntimeLowerSettings, runtime: OnnxRuntimeRuntimeSettings,
+              out_dir: Path, precision: str = "f32") -> tuple[Artifact, list[str], dict[str, str]]:
         warnings: list[str] = []
         level = lower.offline_optimization
         providers = available_providers(runtime.providers)
@@ -169,10 +171,17 @@ class OnnxRuntimeBackend:
                                     f"model ({needed / 2**20:.1f} MiB needed, "
                                     f"{free / 2**20:.1f} MiB free)") from None
             raise
-        return Artifact(out, self.name, model.inputs, model.outputs, companions), warnings
+        facts = {"providers": ",".join(providers or ["CPUExecutionProvider"]), "offline_optimization": level}
+        return Artifact(out, self.name, model.inputs, model.outputs, companions), warnings, facts
 
-    def runner(self, artifact: Artifact, runtime: OnnxRuntimeRuntimeSettings) -> Runner:
+    def runner(self, artifact: Artifact, runtime: OnnxRuntimeRuntimeSettings,
+               precision: str = "f32") -> Runner:
         return OnnxRuntimeRunner(artifact.path, artifact.inputs, runtime)
+
+    def onnx_runner(self, model: Path, inputs: tuple[TensorSpec, ...], runtime: OnnxRuntimeRuntimeSettings,
+                    precision: str = "f32") -> Runner:
+        """An ONNX model as the lowered artifact would run: all optimizations, int8 kernels."""
+        return OnnxRuntimeRunner(model, inputs, runtime, level="all")
 
     def runtime_versions(self) -> dict[str, str]:
         return {"onnxruntime": _ort().__version__}

@@ -85,7 +85,50 @@ class OnnxRuntimeModel:
         return dict(zip(self.output_names, self.session.run(self.output_names, feed), strict=True))
 
 
-BACKENDS = {"onnxruntime": OnnxRuntimeModel}
+class OpenVinoModel:
+    """The bundle's OpenVINO IR, compiled with the target's settings and the profile's precision."""
+
+    def __init__(self, bundle: Path, manifest: dict, threads: int | None) -> None:
+        try:
+            import openvino as ov
+        except ImportError:
+            raise RunError("this bundle needs OpenVINO: pip install openvino", 3) from None
+        settings = manifest["backend"]["runtime"]
+        config = {"PERFORMANCE_HINT": settings["performance_hint"],
+                  "INFERENCE_PRECISION_HINT": manifest["backend"].get("precision", "f32")}
+        count = settings["threads"] if threads is None else threads
+        if count:
+            config["INFERENCE_NUM_THREADS"] = count
+        if settings["streams"]:
+            config["NUM_STREAMS"] = settings["streams"]
+        if settings.get("cpu_pinning") is not None and settings["device"] == "CPU":
+            config["ENABLE_CPU_PINNING"] = settings["cpu_pinning"]
+        if settings.get("cache_dir"):
+            config["CACHE_DIR"] = settings["cache_dir"]
+        core = ov.Core()
+        path = bundle / manifest["backend"]["artifact"]
+        if settings["device"].split(".")[0] not in {d.split(".")[0] for d in core.available_devices}:
+            raise RunError(f"OpenVINO device {settings['device']} is not present "
+                           f"(found: {', '.join(core.available_devices)})", 3)
+        try:
+            compiled = core.compile_model(str(path), settings["device"], config)
+        except Exception as exc:
+            raise RunError(f"OpenVINO could not compile {path.name}: "
+                           f"{str(exc).strip().splitlines()[0]}", 3) from None
+        self.output_names = [next(iter(o.get_names()), f"output_{i}") for i, o in enumerate(compiled.outputs)]
+        self.request = compiled.create_infer_request()
+        self.runtime = {"name": "openvino", "version": ov.__version__.split("-")[0],
+                        "device": settings["device"],
+                        "precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
+                        "threads": count}
+        self.warnings = []
+
+    def infer(self, feed: dict) -> dict:
+        results = self.request.infer(feed)
+        return {name: np.asarray(results[i]) for i, name in enumerate(self.output_names)}
+
+
+BACKENDS = {"onnxruntime": OnnxRuntimeModel, "openvino": OpenVinoModel}
 
 
 # ---------------------------------------------------------------- bundle and inputs

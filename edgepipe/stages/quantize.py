@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
@@ -21,6 +22,7 @@ from pydantic import Field
 
 from edgepipe import onnx_model
 from edgepipe.artifact import Artifact
+from edgepipe.backends import get_backend
 from edgepipe.config import AccuracyBudget
 from edgepipe.errors import BackendError, BadInputError, GateFailedError, first_line
 from edgepipe.evaluation import EvalData, Evaluator, Scores, calibration_eval, open_eval
@@ -131,26 +133,24 @@ def _violations(float_scores: Scores, float_metric: float | None, scores: Scores
     return found
 
 
-def _ort_run(path: Path, ctx: BuildContext) -> Callable[[dict], dict]:
-    """Run a candidate as the target's ORT would (optimizations on, int8 kernels used)."""
-    from edgepipe.backends.onnxruntime import OnnxRuntimeRuntimeSettings, open_session, session_options
+@contextmanager
+def _target_run(path: Path, ctx: BuildContext) -> Iterator[Callable[[dict], dict]]:
+    """Run a candidate as the target's backend will (its int8 kernels, its settings):
+    which kernels saturate differs between runtimes and CPUs, so scoring in another
+    runtime would judge a different model."""
+    backend = get_backend(ctx.target.backend)
+    precision = getattr(ctx.profile.stage_settings.get("lower"), "precision", "f32")
+    with backend.onnx_runner(path, ctx.inputs, ctx.target.runtime, precision) as runner:
+        yield runner.infer
 
-    session = open_session(path, session_options(OnnxRuntimeRuntimeSettings(), "all"),
-                           ["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return lambda feed: dict(zip(names, session.run(names, feed), strict=True))
 
-
-def _median_latency_ms(path: Path, feed: dict, runs: int = 20) -> float:
-    from edgepipe.backends.onnxruntime import OnnxRuntimeRuntimeSettings, open_session, session_options
-
-    session = open_session(path, session_options(OnnxRuntimeRuntimeSettings(threads=1), "all"),
-                           ["CPUExecutionProvider"])
-    times = []
-    for _ in range(runs + 3):
-        started = perf_counter()
-        session.run(None, feed)
-        times.append(perf_counter() - started)
+def _median_latency_ms(path: Path, ctx: BuildContext, feed: dict, runs: int = 20) -> float:
+    with _target_run(path, ctx) as run:
+        times = []
+        for _ in range(runs + 3):
+            started = perf_counter()
+            run(feed)
+            times.append(perf_counter() - started)
     times = sorted(times[3:])
     return 1000 * times[len(times) // 2]
 
@@ -187,7 +187,8 @@ class QuantizeStage:
         calibration_seconds = perf_counter() - calibration_started
 
         eval_data = self._eval_data(ctx, settings, source)
-        evaluator = Evaluator(eval_data, _ort_run(prepared, ctx))
+        with _target_run(prepared, ctx) as run:
+            evaluator = Evaluator(eval_data, run)
 
         model_type = settings.model_type
         if model_type == "auto":
@@ -201,7 +202,8 @@ class QuantizeStage:
             else:
                 write_qdq(prepared, cache, path, scheme=ctx.target.int8, method=settings.method,
                           per_channel=settings.per_channel, exclude=exclude, only=only)
-            return _Candidate(path, list(kept_float), evaluator.score(_ort_run(path, ctx)))
+            with _target_run(path, ctx) as run:
+                return _Candidate(path, list(kept_float), evaluator.score(run))
 
         candidate = quantize([], work / "int8.onnx")
         first_scores = candidate.scores
@@ -220,7 +222,7 @@ class QuantizeStage:
                                   "in float")
         if problems:
             candidate, fallback_rows = self._fall_back(candidate, layers, quantize, measure, evaluator,
-                                                       settings.budget, work, eval_data)
+                                                       settings.budget, work, eval_data, ctx)
             problems = _violations(evaluator.float_scores, evaluator.float_metric, candidate.scores,
                                    settings.budget)
             if problems:
@@ -292,8 +294,8 @@ class QuantizeStage:
 
     @staticmethod
     def _fall_back(candidate: _Candidate, layers: list[sensitivity.QuantizedTensor], quantize, measure,
-                   evaluator: Evaluator, budget: QuantizeBudget, work: Path,
-                   eval_data: EvalData) -> tuple[_Candidate, list[dict[str, Any]]]:
+                   evaluator: Evaluator, budget: QuantizeBudget, work: Path, eval_data: EvalData,
+                   ctx: BuildContext) -> tuple[_Candidate, list[dict[str, Any]]]:
         """Keep the worst tensor's nodes in float, re-measure, repeat until the budget holds.
 
         Re-measuring matters: keeping a node in float can expose a neighbour's tensor
@@ -301,7 +303,7 @@ class QuantizeStage:
         """
         rows: list[dict[str, Any]] = []
         feed = eval_data.samples[0].feed if eval_data.samples else None
-        latency = _median_latency_ms(candidate.path, feed) if feed else None
+        latency = _median_latency_ms(candidate.path, ctx, feed) if feed else None
         kept: list[str] = []
         while len(rows) < budget.max_fallback:
             layer = next((t for t in layers if any(n not in kept for n in t.nodes)), None)
@@ -310,7 +312,7 @@ class QuantizeStage:
             new_nodes = [n for n in layer.nodes if n not in kept]
             kept += new_nodes
             candidate = quantize(kept, work / f"int8-fallback-{len(rows) + 1}.onnx")
-            new_latency = _median_latency_ms(candidate.path, feed) if feed else None
+            new_latency = _median_latency_ms(candidate.path, ctx, feed) if feed else None
             rows.append({**layer.to_json(), "nodes": new_nodes,
                          "mean_cosine_after": candidate.scores.mean_cosine,
                          "top1_after": candidate.scores.top1,
