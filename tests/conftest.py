@@ -104,3 +104,18 @@ def digits_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.onnx.export(model, (examples["input"],), str(path), dynamo=False, opset_version=17,
                       input_names=["input"], output_names=["logits"])
     return path
+
+
+@pytest.fixture(scope="session")
+def trained_digits(tmp_path_factory) -> dict[str, Path | float]:
+    """The digits CNN trained in-test, its weights, and held-out digits with labels."""
+    import numpy as np
+    import torch
+
+    folder = tmp_path_factory.mktemp("digits")
+    train = import_example("train_digits", EXAMPLES.parent)
+    model, x_test, y_test, accuracy = train.train(epochs=10)
+    torch.save(model.state_dict(), folder / "digits_cnn.pt")
+    np.savez(folder / "test.npz", input=x_test, labels=y_test)
+    return {"weights": folder / "digits_cnn.pt", "test": folder / "test.npz", "accuracy": accuracy,
+            "folder": folder}

@@ -21,18 +21,6 @@ from tests.conftest import DIGITS, MINILM_TINY, assert_one_line_error, import_ex
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="session")
-def trained_digits(tmp_path_factory) -> dict[str, Path | float]:
-    """The digits CNN trained in-test, its weights, and held-out digits with labels."""
-    folder = tmp_path_factory.mktemp("digits")
-    train = import_example("train_digits", ROOT / "examples")
-    model, x_test, y_test, accuracy = train.train(epochs=10)
-    torch.save(model.state_dict(), folder / "digits_cnn.pt")
-    np.savez(folder / "test.npz", input=x_test, labels=y_test)
-    return {"weights": folder / "digits_cnn.pt", "test": folder / "test.npz", "accuracy": accuracy,
-            "folder": folder}
-
-
 def _quantize_metrics(bundle: Path) -> dict:
     manifest = json.loads((bundle / "manifest.json").read_text())
     return next(s for s in manifest["stages"] if s["stage"] == "quantize")["metrics"]

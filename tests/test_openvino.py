@@ -1,0 +1,125 @@
+"""The OpenVINO backend: IR bundles in fp32 and int8, precision recorded, run.py standalone."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import DIGITS, EXAMPLES, MINILM_TINY, RESNET18, assert_one_line_error, run_edgepipe
+from tests.test_run_py import run_on_device
+
+pytest.importorskip("openvino", reason="the [openvino] extra is not installed")
+
+MOBILENET = f"{EXAMPLES / 'mobilenet_v2.py'}:mobilenet_v2"
+
+
+def _manifest(bundle: Path) -> dict:
+    return json.loads((bundle / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("model", [DIGITS, RESNET18, MOBILENET, MINILM_TINY],
+                         ids=["digits", "resnet18", "mobilenet_v2", "minilm_tiny"])
+def test_fp32_ir_matches_the_source(cli, tmp_path, model):
+    out = tmp_path / "b"
+    result = cli("build", model, "--target", "openvino-cpu", "--out", out)
+    assert result.exit_code == 0, result.stderr
+    manifest = _manifest(out)
+    assert manifest["backend"]["name"] == "openvino" and manifest["backend"]["artifact"] == "model.xml"
+    assert {"model.xml", "model.bin", "model.onnx", "run.py"} <= {f["path"] for f in manifest["files"]}
+    assert manifest["parity"]["min_cosine"] >= 0.999
+    # What ran, not only what was asked: f32, explicitly.
+    assert manifest["backend"]["precision"] == "f32"
+    assert manifest["backend"]["runtime_reports"]["INFERENCE_PRECISION_HINT"] == "f32"
+
+
+def test_fp32_weights_stay_fp32_in_the_ir(cli, tmp_path):
+    """ov.save_model compresses to fp16 by default; an f32 build must not."""
+    import openvino as ov
+
+    out = tmp_path / "b"
+    assert cli("build", DIGITS, "--target", "x86", "--out", out).exit_code == 0
+    model = ov.Core().read_model(str(out / "model.xml"))
+    constants = [op for op in model.get_ops() if op.get_type_name() == "Constant"]
+    assert not [c for c in constants if c.get_element_type().get_type_name() == "f16"]
+
+
+def test_digits_int8_within_one_point(cli, tmp_path, trained_digits):
+    out = tmp_path / "b"
+    result = cli("build", DIGITS, "--weights", trained_digits["weights"], "--target", "openvino-cpu",
+                 "--profile", "int8", "--calib", trained_digits["test"], "--eval", trained_digits["test"],
+                 "--out", out)
+    assert result.exit_code == 0, result.stderr
+    manifest = _manifest(out)
+    evaluation = next(s for s in manifest["stages"] if s["stage"] == "quantize")["metrics"]["evaluation"]
+    assert evaluation["float"]["top1"] - evaluation["int8"]["top1"] <= 1.0
+    assert evaluation["int8"]["mean_cosine"] > 0.999
+    import openvino as ov
+
+    ops = {op.get_type_name() for op in ov.Core().read_model(str(out / "model.xml")).get_ops()}
+    assert "FakeQuantize" in ops  # OpenVINO's own form of the QDQ pairs
+
+
+def test_run_py_runs_the_ir_without_edgepipe(cli, tmp_path):
+    out = tmp_path / "b"
+    assert cli("build", DIGITS, "--target", "openvino-cpu", "--out", out).exit_code == 0
+    np.save(tmp_path / "x.npy", np.zeros((1, 1, 8, 8), np.float32))
+    done = run_on_device(out, "--verify", "--benchmark", "--runs", "5", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["runtime"]["name"] == "openvino" and result["runtime"]["precision"] == "f32"
+    assert len(result["latencies_ms"]) == 5
+    once = run_on_device(out, "--input", tmp_path / "x.npy", "--json")
+    assert once.returncode == 0 and json.loads(once.stdout)["output"]["shape"] == [1, 10]
+
+
+def test_profile_runs_an_openvino_bundle(cli, tmp_path):
+    out = tmp_path / "b"
+    assert cli("build", DIGITS, "--target", "x86", "--out", out).exit_code == 0
+    result = cli("profile", out, "--runs", "5", "--warmup", "1", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["runtime"]["name"] == "openvino"
+
+
+def test_fp16_and_bf16_are_refused_by_onnxruntime_and_named(cli, tmp_path):
+    profile = tmp_path / "fp16.toml"
+    profile.write_text('name = "fp16"\ndescription = "half"\nextends = "fp32"\n[lower]\nprecision = "f16"\n')
+    result = cli("build", DIGITS, "--target", "onnxruntime-cpu", "--profile", profile,
+                 "--out", tmp_path / "o")
+    assert result.exit_code == 2
+    assert "precision 'f16' is not available on backend onnxruntime" in result.stderr.splitlines()[-1]
+
+
+def test_missing_openvino_exits_3_naming_the_extra(tmp_path):
+    blocker = tmp_path / "blocker" / "openvino"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'openvino'\", name='openvino')\n")
+    done = run_edgepipe("build", DIGITS, "--target", "openvino-cpu", "--out", tmp_path / "b",
+                        env={"PYTHONPATH": str(tmp_path / "blocker")})
+    assert done.returncode == 3, done.stderr
+    assert_one_line_error(done.stderr, "pip install 'edgepipe[openvino]'")
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.slow
+def test_run_py_in_a_fresh_venv_with_only_numpy_and_openvino(cli, tmp_path):
+    import openvino
+
+    out = tmp_path / "b"
+    assert cli("build", DIGITS, "--target", "openvino-cpu", "--out", out).exit_code == 0
+    venv = tmp_path / "device-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    version = openvino.__version__.split("-")[0]
+    install = subprocess.run([python, "-m", "pip", "install", "-q", "numpy", f"openvino=={version}"],
+                             capture_output=True, text=True, check=False, timeout=900)
+    assert install.returncode == 0, install.stderr[-2000:]
+    result = subprocess.run([python, str(out / "run.py"), "--verify", "--benchmark", "--runs", "5",
+                             "--json"], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["runtime"]["name"] == "openvino"
