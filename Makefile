@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_cpu.py
 	$(BIN)/python bench/bench_fuse.py
 	$(BIN)/python bench/bench_int8.py
+	$(BIN)/python bench/bench_openvino.py
 
 clean:
 	rm -rf $(VENV) dist .pytest_cache

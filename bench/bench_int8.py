@@ -38,11 +38,11 @@ MODELS = {
 }
 
 
-def _images(count: int, seed: int) -> np.ndarray:
+def images(count: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((count, 1, 3, 224, 224)).astype(np.float32)
 
 
-def _by_hand(source: Path, out: Path, calib: np.ndarray, u8: bool) -> float:
+def by_hand_quantize_static(source: Path, out: Path, calib: np.ndarray, u8: bool) -> float:
     """What a user writes following onnxruntime's quantization docs; returns seconds."""
     from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -92,7 +92,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as work_dir:
         work = Path(work_dir)
-        calib, held_out = _images(args.calib, 1), _images(args.eval, 2)
+        calib, held_out = images(args.calib, 1), images(args.eval, 2)
         np.savez(work / "calib.npz", input=calib)
         np.savez(work / "eval.npz", input=held_out)
         for name in args.models:
@@ -110,8 +110,8 @@ def main() -> None:
             manifest = json.loads((int8 / "manifest.json").read_text())
             quantize = next(s for s in manifest["stages"] if s["stage"] == "quantize")
             defaults, u8 = work / f"{name}-defaults.onnx", work / f"{name}-u8.onnx"
-            seconds = {"ort-int8-defaults": _by_hand(exported, defaults, calib, u8=False),
-                       "ort-int8-u8": _by_hand(exported, u8, calib, u8=True),
+            seconds = {"ort-int8-defaults": by_hand_quantize_static(exported, defaults, calib, u8=False),
+                       "ort-int8-u8": by_hand_quantize_static(exported, u8, calib, u8=True),
                        "edgepipe-int8": quantize["metrics"]["seconds_total"]}
             candidates = {
                 "ort-fp32": [sys.executable, workers, "ort", str(exported), *common],

@@ -2,6 +2,7 @@
 
     python bench/workers.py torch FILE.py:FACTORY --threads 2 --runs 30 --warmup 10
     python bench/workers.py ort MODEL.onnx --threads 2 --runs 30 --warmup 10
+    python bench/workers.py ov MODEL.xml --threads 2 --runs 30 --warmup 10
 
 Prints one JSON object with the raw latencies in milliseconds (and, for ONNX
 Runtime, session load and first-inference times, as the bundle's run.py reports).
@@ -73,9 +74,29 @@ def plain_onnxruntime(path: str, threads: int, runs: int, warmup: int, level: st
             "load_ms": (loaded - started) / 1e6, "first_inference_ms": (first - loaded) / 1e6}
 
 
+def openvino_model(path: str, threads: int, runs: int, warmup: int) -> dict:
+    """An OpenVINO IR or ONNX file compiled for CPU the way its docs show, precision explicit."""
+    import numpy as np
+    import openvino as ov
+
+    started = time.perf_counter_ns()
+    compiled = ov.Core().compile_model(path, "CPU", {"PERFORMANCE_HINT": "LATENCY",
+                                                     "INFERENCE_NUM_THREADS": threads,
+                                                     "INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    rng = np.random.default_rng(0)
+    feed = {i: rng.standard_normal(list(port.shape)).astype(np.float32)
+            for i, port in enumerate(compiled.inputs)}
+    loaded = time.perf_counter_ns()
+    request.infer(feed)
+    first = time.perf_counter_ns()
+    return {"latencies_ms": _time(lambda: request.infer(feed), runs, warmup),
+            "load_ms": (loaded - started) / 1e6, "first_inference_ms": (first - loaded) / 1e6}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("kind", choices=["torch", "ort"])
+    parser.add_argument("kind", choices=["torch", "ort", "ov"])
     parser.add_argument("model")
     parser.add_argument("--threads", type=int, required=True)
     parser.add_argument("--runs", type=int, default=30)
@@ -85,6 +106,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.kind == "torch":
         result = torch_eager(args.model, args.threads, args.runs, args.warmup)
+    elif args.kind == "ov":
+        result = openvino_model(args.model, args.threads, args.runs, args.warmup)
     else:
         result = plain_onnxruntime(args.model, args.threads, args.runs, args.warmup, args.level)
     print(json.dumps(result))
