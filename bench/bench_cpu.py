@@ -61,7 +61,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         for name in args.models:
             bundle = Path(work) / f"{name}-cpu"
-            api.build(str(ROOT / MODELS[name]), target="cpu", out=bundle)
+            api.build(str(ROOT / MODELS[name]), target="onnxruntime-cpu", out=bundle)
             candidates = _candidates(name, bundle, args)
             rounds: dict[str, list[float]] = {c: [] for c in candidates}
             samples: dict[str, list[float]] = {c: [] for c in candidates}

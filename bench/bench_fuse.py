@@ -81,7 +81,7 @@ def main() -> None:
         for name in args.models:
             source = _source_onnx(name, Path(work))
             bundle = Path(work) / f"{name}-cpu"
-            api.build(str(source), target="cpu", out=bundle)
+            api.build(str(source), target="onnxruntime-cpu", out=bundle)
             build = bundle.with_name(bundle.name + ".build")
             before, after = build / "00-export.onnx", build / "01-fuse.onnx"
             candidates = {(stage, level): path for stage, path in (("before", before), ("after", after))

@@ -19,7 +19,7 @@ from edgepipe.artifact import StageReport
 from edgepipe.backends import get_backend
 from edgepipe.bundle import write_bundle
 from edgepipe.config import Profile, load_profile, load_target
-from edgepipe.errors import BadInputError
+from edgepipe.errors import BadInputError, MissingExtraError
 from edgepipe.extras import require
 from edgepipe.pipeline import run_stages
 from edgepipe.profiler.local import run_bundle_benchmark
@@ -76,7 +76,14 @@ def build(
     target_label = resolved_target.name if target.endswith(".toml") else target
     out = out or Path("dist") / f"{model_name(model)}-{target_label}"
     backend = get_backend(resolved_target.backend)
-    require(backend.runtime_module, f"target '{resolved_target.name}' (backend {backend.name})")
+    try:
+        require(backend.runtime_module, f"target '{resolved_target.name}' (backend {backend.name})")
+    except MissingExtraError as exc:
+        if resolved_target.name != target:  # reached through an alias such as `cpu`
+            raise MissingExtraError(exc.module, exc.extra,
+                                    f"target '{target}' (= {resolved_target.name} on this host; "
+                                    f"--target onnxruntime-cpu needs no extra)") from None
+        raise
     try:
         with staging_area(out, force) as staging:
             source = load_source(model, trust_pickle=trust_pickle, weights=weights)

@@ -267,8 +267,10 @@ def targets(as_json: JsonOption = False, debug: DebugOption = False) -> None:
     from edgepipe.config import list_targets
 
     with _errors_to_exit_codes(debug, as_json):
-        rows = [{"name": t.name, "aliases": list(t.aliases), "backend": t.backend,
-                 "description": t.description} for t in list_targets()]
+        rows = [{"name": t.name,
+                 "aliases": [*t.aliases, *(f"{alias} (on {'/'.join(hosts)})"
+                                           for alias, hosts in t.host_aliases.items())],
+                 "backend": t.backend, "description": t.description} for t in list_targets()]
         _listing(rows, ["name", "aliases", "backend", "description"], "targets", as_json)
 
 

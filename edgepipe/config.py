@@ -7,6 +7,7 @@ to their own TOML file wherever a name is accepted.
 
 from __future__ import annotations
 
+import platform
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -73,6 +74,9 @@ class TargetFile(StrictModel):
     description: str
     backend: str
     aliases: list[str] = Field(default_factory=list)
+    # Aliases that apply only when the build host is one of these machines
+    # (platform.machine()); they win over plain aliases: `cpu` is OpenVINO on x86-64.
+    host_aliases: dict[str, list[str]] = Field(default_factory=dict)
     default_profile: str = "default"
     device: DeviceFacts = DeviceFacts()
     lower: dict[str, Any] = Field(default_factory=dict)
@@ -92,6 +96,7 @@ class Target:
     description: str
     backend: str
     aliases: tuple[str, ...]
+    host_aliases: dict[str, tuple[str, ...]]
     default_profile: str
     device: DeviceFacts
     lower: BaseModel
@@ -105,6 +110,7 @@ class Target:
             "name": self.name,
             "backend": self.backend,
             "aliases": list(self.aliases),
+            "host_aliases": {k: list(v) for k, v in self.host_aliases.items()},
             "default_profile": self.default_profile,
             "device": self.device.model_dump(mode="json"),
             "lower": self.lower.model_dump(mode="json"),
@@ -129,6 +135,7 @@ def load_target_file(path: Path) -> Target:
         description=raw.description,
         backend=raw.backend,
         aliases=tuple(raw.aliases),
+        host_aliases={k: tuple(v) for k, v in raw.host_aliases.items()},
         default_profile=raw.default_profile,
         device=raw.device,
         lower=_validate(backend.LowerSettings, raw.lower, path, "lower"),
@@ -151,13 +158,15 @@ def load_target(name: str) -> Target:
     for target in targets:
         if target.name == name:
             return target
-    matches = [t for t in targets if name in t.aliases]
+    host = platform.machine()
+    matches = [t for t in targets if host in t.host_aliases.get(name, ())]
+    matches = matches or [t for t in targets if name in t.aliases]
     if len(matches) == 1:
         return matches[0]
     if len(matches) > 1:
         owners = ", ".join(t.name for t in matches)
         raise BadInputError(f"target alias '{name}' is claimed by several targets: {owners}")
-    known = sorted({t.name for t in targets} | {a for t in targets for a in t.aliases})
+    known = sorted({t.name for t in targets} | {a for t in targets for a in (*t.aliases, *t.host_aliases)})
     raise BadInputError(f"unknown target '{name}' (known: {', '.join(known)})")
 
 

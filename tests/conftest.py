@@ -89,8 +89,8 @@ def digits_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundle of the (untrained) digits CNN, shared by tests that only read it."""
     from edgepipe import api
 
-    out = tmp_path_factory.mktemp("bundles") / "digits-cpu"
-    api.build(DIGITS, target="cpu", out=out)
+    out = tmp_path_factory.mktemp("bundles") / "digits-onnxruntime-cpu"
+    api.build(DIGITS, target="onnxruntime-cpu", out=out)
     return out
 
 

@@ -13,7 +13,7 @@ from tests.conftest import RESNET18
 
 def test_resnet18_factory_builds_a_verified_bundle(cli, tmp_path):
     out = tmp_path / "resnet18-cpu"
-    result = cli("build", RESNET18, "--target", "cpu", "--out", out)
+    result = cli("build", RESNET18, "--target", "onnxruntime-cpu", "--out", out)
     assert result.exit_code == 0, result.stderr
     assert "export" in result.stderr and "lower" in result.stderr  # one line per stage
     assert sorted(p.name for p in out.iterdir()) == [
@@ -25,7 +25,7 @@ def test_resnet18_factory_builds_a_verified_bundle(cli, tmp_path):
     assert manifest["schema"] == SCHEMA
     assert manifest["model"]["name"] == "resnet18"
     assert manifest["target"]["name"] == "onnxruntime-cpu"
-    assert manifest["target"]["requested"] == "cpu"
+    assert manifest["target"]["requested"] == "onnxruntime-cpu"
     assert manifest["profile"]["name"] == "default"
     assert manifest["backend"]["artifact"] == "model.ort.onnx"
     assert manifest["inputs"] == [{"name": "input", "shape": [1, 3, 224, 224], "dtype": "float32",
@@ -51,7 +51,7 @@ def test_resnet18_factory_builds_a_verified_bundle(cli, tmp_path):
 
 
 def test_onnx_source_json_prints_only_json(cli, digits_onnx, tmp_path):
-    result = cli("build", digits_onnx, "--target", "cpu", "--out", tmp_path / "b", "--json")
+    result = cli("build", digits_onnx, "--target", "onnxruntime-cpu", "--out", tmp_path / "b", "--json")
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)  # the whole of stdout is one JSON object
     assert summary["model"] == "digits"

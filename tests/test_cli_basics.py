@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import platform
 import subprocess
 import sys
 import textwrap
@@ -25,6 +26,8 @@ def test_targets_lists_names_aliases_and_descriptions(cli):
     assert "cpu" in cpu["aliases"]
     assert cpu["backend"] == "onnxruntime"
     assert cpu["description"]
+    openvino = next(row for row in rows if row["name"] == "openvino-cpu")
+    assert "x86" in openvino["aliases"] and "cpu (on x86_64/AMD64)" in openvino["aliases"]
     assert "onnxruntime-cpu" in cli("targets").stdout
 
 
@@ -63,10 +66,20 @@ def test_core_runs_without_extras():
 
 
 def test_torch_model_without_torch_names_the_extra():
-    result = _edgepipe_without_extras("build", RESNET18, "--out", "/tmp/never-written")
+    result = _edgepipe_without_extras("build", RESNET18, "--target", "onnxruntime-cpu",
+                                      "--out", "/tmp/never-written")
     assert result.returncode == 3
     assert "pip install 'edgepipe[torch]'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_default_cpu_target_without_openvino_names_the_extra_and_the_way_around():
+    result = _edgepipe_without_extras("build", RESNET18, "--out", "/tmp/never-written")
+    assert result.returncode == 3
+    if platform.machine() in ("x86_64", "AMD64"):
+        assert "pip install 'edgepipe[openvino]'" in result.stderr
+        assert "--target onnxruntime-cpu needs no extra" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_importing_the_api_loads_no_heavy_library():

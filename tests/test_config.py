@@ -10,11 +10,16 @@ from edgepipe.config import load_profile, load_target
 from edgepipe.errors import BadInputError
 
 
-def test_alias_cpu_resolves_to_the_onnxruntime_target():
-    target = load_target("cpu")
-    assert target.name == "onnxruntime-cpu"
-    assert target.backend == "onnxruntime"
-    assert target.runtime.providers == ["CPUExecutionProvider"]
+def test_alias_cpu_is_openvino_on_x86_64_and_onnxruntime_elsewhere(monkeypatch):
+    import platform
+
+    for machine, expected in (("x86_64", "openvino-cpu"), ("AMD64", "openvino-cpu"),
+                              ("aarch64", "onnxruntime-cpu"), ("arm64", "onnxruntime-cpu")):
+        monkeypatch.setattr(platform, "machine", lambda machine=machine: machine)
+        assert load_target("cpu").name == expected, machine
+    assert load_target("x86").backend == "openvino"
+    ort = load_target("onnxruntime-cpu")
+    assert ort.backend == "onnxruntime" and ort.runtime.providers == ["CPUExecutionProvider"]
 
 
 def test_default_profile_extends_fp32():

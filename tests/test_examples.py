@@ -44,8 +44,8 @@ def test_trained_digits_cnn_keeps_its_accuracy_through_the_build(cli, tmp_path):
     torch.save(model.state_dict(), tmp_path / "digits.pt")
     np.savez(tmp_path / "test.npz", input=x_test[:64])
     result = cli("build", f"{EXAMPLES / 'digits_cnn.py'}:digits_cnn", "--weights",
-                 tmp_path / "digits.pt", "--calib", tmp_path / "test.npz", "--out", tmp_path / "b",
-                 "--json")
+                 tmp_path / "digits.pt", "--calib", tmp_path / "test.npz", "--target", "onnxruntime-cpu",
+                 "--out", tmp_path / "b", "--json")
     assert result.exit_code == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["parity"]["min_top1_agreement"] == 1.0

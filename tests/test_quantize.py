@@ -272,7 +272,8 @@ def test_calibration_memory_stays_flat_with_1000_samples(tmp_path):
 
 def test_transformer_uses_its_own_scheme(cli, tmp_path):
     out = tmp_path / "b"
-    result = cli("build", MINILM_TINY, "--profile", "int8", "--calib", "random", "--out", out)
+    result = cli("build", MINILM_TINY, "--target", "onnxruntime-cpu", "--profile", "int8",
+                 "--calib", "random", "--out", out)
     assert result.exit_code == 0, result.stderr
     metrics = _quantize_metrics(out)
     assert metrics["model_type"] == "transformer" and metrics["scheme"] == "dynamic"
