@@ -123,3 +123,16 @@ def test_run_py_in_a_fresh_venv_with_only_numpy_and_openvino(cli, tmp_path):
                              "--json"], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["runtime"]["name"] == "openvino"
+
+
+@pytest.mark.parametrize("device", ["GPU", "NPU"])
+def test_absent_devices_exit_3_naming_them(cli, tmp_path, device):
+    import openvino as ov
+
+    if device in ov.Core().available_devices:
+        pytest.skip(f"this machine has an OpenVINO {device}")
+    out = tmp_path / "b"
+    result = cli("build", DIGITS, "--target", f"openvino-{device.lower()}", "--out", out)
+    assert result.exit_code == 3
+    assert f"OpenVINO device {device} is not present" in result.stderr.splitlines()[-1]
+    assert not out.exists()
