@@ -8,7 +8,9 @@ same thread count for all (DESIGN.md section 7):
 - ov-f32:          ov.convert_model of the same ONNX, INFERENCE_PRECISION_HINT f32 explicit;
 - nncf-int8:       nncf.quantize on the OpenVINO model with the same calibration data, as
                    NNCF's docs show (Dataset + quantize + save_model(compress_to_fp16=False));
-- edgepipe-int8:   `edgepipe build --target openvino-cpu --profile int8`, timed by its run.py.
+- edgepipe-int8:   `edgepipe build --target openvino-cpu --profile int8` (QDQ written by NNCF,
+                   the target's default engine), timed by its run.py;
+- edgepipe-int8-ort-engine: the same with `[quantize] engine = "onnxruntime"`.
 
 Calibration: 100 seeded standard-normal images; fidelity (cosine and top-1 agreement
 with fp32) on 32 others: no labelled ImageNet data ships here.
@@ -90,12 +92,17 @@ def main() -> None:
             subprocess.run([*edgepipe, "build", MODELS[name], "--target", "onnxruntime-cpu", "--out", fp32],
                            check=True, cwd=ROOT, capture_output=True)
             exported = fp32.with_name(fp32.name + ".build") / "00-export.onnx"
-            int8 = work / f"{name}-ov-int8"
-            started = time.perf_counter()
-            subprocess.run([*edgepipe, "build", MODELS[name], "--target", "openvino-cpu", "--profile", "int8",
-                            "--calib", work / "calib.npz", "--eval", work / "eval.npz", "--out", int8],
-                           check=True, cwd=ROOT, capture_output=True)
-            seconds = {"edgepipe-int8": time.perf_counter() - started}
+            ort_engine = work / "ort-engine.toml"
+            ort_engine.write_text('name = "int8-ort-engine"\ndescription = "bench"\nextends = "int8"\n'
+                                  '[quantize]\nengine = "onnxruntime"\n')
+            seconds = {}
+            for key, profile in (("edgepipe-int8", "int8"), ("edgepipe-int8-ort-engine", str(ort_engine))):
+                started = time.perf_counter()
+                subprocess.run([*edgepipe, "build", MODELS[name], "--target", "openvino-cpu", "--profile",
+                                profile, "--calib", work / "calib.npz", "--eval", work / "eval.npz",
+                                "--out", work / f"{name}-{key}"], check=True, cwd=ROOT, capture_output=True)
+                seconds[key] = time.perf_counter() - started
+            int8, int8_ort = work / f"{name}-edgepipe-int8", work / f"{name}-edgepipe-int8-ort-engine"
             ort_u8, nncf_xml = work / f"{name}-u8.onnx", work / f"{name}-nncf.xml"
             seconds["ort-int8-u8"] = by_hand_quantize_static(exported, ort_u8, calib, u8=True)
             seconds["nncf-int8"] = _nncf_by_hand(exported, nncf_xml, calib)
@@ -106,6 +113,8 @@ def main() -> None:
                 "ov-f32": [sys.executable, workers, "ov", str(exported), *common],
                 "nncf-int8": [sys.executable, workers, "ov", str(nncf_xml), *common],
                 "edgepipe-int8": [sys.executable, str(int8 / "run.py"), "--benchmark", "--json", *common],
+                "edgepipe-int8-ort-engine": [sys.executable, str(int8_ort / "run.py"), "--benchmark",
+                                             "--json", *common],
             }
             rounds: dict[str, list[float]] = {key: [] for key in candidates}
             for _ in range(args.rounds):
@@ -114,7 +123,9 @@ def main() -> None:
             median = {key: statistics.median(values) for key, values in rounds.items()}
             reference = _outputs(exported, held_out)
             fidelity = {"nncf-int8": _fidelity(reference, _outputs(nncf_xml, held_out)),
-                        "edgepipe-int8": _fidelity(reference, _outputs(int8 / "model.xml", held_out))}
+                        "edgepipe-int8": _fidelity(reference, _outputs(int8 / "model.xml", held_out)),
+                        "edgepipe-int8-ort-engine": _fidelity(reference,
+                                                              _outputs(int8_ort / "model.xml", held_out))}
             results[name] = {
                 "median_ms": median,
                 "speedup_vs_torch_eager": {k: median["torch-eager"] / v for k, v in median.items()},

@@ -23,6 +23,8 @@ class Int8Scheme(StrictModel):
     dynamic_matmul: bool = Field(
         False, description="the runtime runs dynamically quantized MatMul well (ORT CPU); "
                            "used for transformers")
+    engine: Literal["onnxruntime", "nncf"] = Field(
+        "onnxruntime", description="who writes the QDQ model: onnxruntime.quantization or NNCF")
     calibration_cache: bool = Field(False, description="ship calib.cache (TensorRT format) in the bundle")
     tensorrt_version: str = Field("8.6.1", pattern=r"^\d+\.\d+(\.\d+)?$",
                                   description="the version written into calib.cache's header")

@@ -107,13 +107,14 @@ def measure(float_model: Path, qdq_model: Path, samples: Sequence[Feed]) -> list
             consumers.setdefault(name, []).append(node.name)
 
     known = set(producers) | {i.name for i in original.graph.input}
-    activations: dict[str, tuple[np.ndarray, np.ndarray, np.dtype]] = {}
+    activations: dict[str, tuple[np.ndarray, np.ndarray, np.dtype, int | None]] = {}
     rows: list[QuantizedTensor] = []
     for node in qdq.graph.node:
         if node.op_type == "QuantizeLinear" and node.input[0] not in constants:
             scale, zero = constants.get(node.input[1]), constants.get(node.input[2])
             if scale is not None and zero is not None and node.input[0] in known:
-                activations[node.input[0]] = (scale, zero, zero.dtype)
+                axis = next((a.i for a in node.attribute if a.name == "axis"), 1) if scale.ndim == 1 else None
+                activations[node.input[0]] = (scale, zero, zero.dtype, axis)
         elif (node.op_type == "DequantizeLinear" and node.input[0] in constants
               and constants[node.input[0]].dtype != np.int32):  # int32: a bias, exact enough
             weight_name = node.input[0].removesuffix("_quantized")
@@ -147,15 +148,15 @@ def measure(float_model: Path, qdq_model: Path, samples: Sequence[Feed]) -> list
             values = dict(zip(wanted, session.run(wanted, {k: v for k, v in feed.items() if k in inputs}),
                               strict=True))
             for name, value in values.items():
-                scale, zero, dtype = activations[name]
+                scale, zero, dtype, q_axis = activations[name]
                 restored = _fake_quant(value.astype(np.float64), scale.astype(np.float64),
-                                       zero.astype(np.float64), dtype, None)
+                                       zero.astype(np.float64), dtype, q_axis)
                 axis = _channel_axis(value.ndim)
                 exact = value.astype(np.float64)
                 noise[name] = noise.get(name, 0) + _per_channel_power(exact - restored, axis)
                 signal[name] = signal.get(name, 0) + _per_channel_power(exact, axis)
         for name in wanted:
-            scale, zero, _ = activations[name]
+            scale, zero, _, _ = activations[name]
             sqnr = _channel_mean_db(signal[name], noise[name])
             rows.append(QuantizedTensor(name, "activation", float(np.max(scale)), int(np.max(zero)), sqnr,
                                         producers.get(name), tuple(consumers.get(name, ()))))

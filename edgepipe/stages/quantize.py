@@ -28,7 +28,7 @@ from edgepipe.errors import BackendError, BadInputError, GateFailedError, first_
 from edgepipe.evaluation import EvalData, Evaluator, Scores, calibration_eval, open_eval
 from edgepipe.preprocessing import ImagePreprocessing
 from edgepipe.quantization import ranges, sensitivity, tensorrt_cache, transformer
-from edgepipe.quantization.qdq import write_dynamic, write_qdq
+from edgepipe.quantization.qdq import write_dynamic, write_nncf, write_qdq
 from edgepipe.settings import StrictModel
 from edgepipe.stages.base import BuildContext, StageOutcome
 from edgepipe.stages.calibration import SampleSource, open_samples
@@ -55,6 +55,8 @@ class QuantizeSettings(StrictModel):
     calib_count: int = Field(300, ge=1)
     eval_count: int = Field(500, ge=1)
     seed: int = 0
+    engine: Literal["auto", "onnxruntime", "nncf"] = Field(
+        "auto", description="auto: the target's [int8] engine")
     method: ranges.Method = "minmax"
     percentile: float = Field(99.99, gt=50, le=100)
     per_channel: bool = True
@@ -193,12 +195,17 @@ class QuantizeStage:
         model_type = settings.model_type
         if model_type == "auto":
             model_type = "transformer" if transformer.is_transformer(proto) else "cnn"
-        scheme, excluded, only = self._selection(proto, settings, model_type, ctx)
+        engine = ctx.target.int8.engine if settings.engine == "auto" else settings.engine
+        scheme, excluded, only = self._selection(proto, settings, model_type, ctx, engine)
 
         def quantize(kept_float: Sequence[str], path: Path) -> _Candidate:
             exclude = [*excluded, *kept_float]
             if scheme == "dynamic":
                 write_dynamic(prepared, path, per_channel=settings.per_channel, exclude=exclude, only=only)
+            elif engine == "nncf":
+                write_nncf(prepared, path, lambda: source.samples(settings.calib_count),
+                           scheme=ctx.target.int8, count=settings.calib_count,
+                           transformer=model_type == "transformer", exclude=exclude)
             else:
                 write_qdq(prepared, cache, path, scheme=ctx.target.int8, method=settings.method,
                           per_channel=settings.per_channel, exclude=exclude, only=only)
@@ -247,6 +254,7 @@ class QuantizeStage:
             "model_type": model_type,
             "activations": ctx.target.int8.activations if scheme != "dynamic" else "dynamic uint8",
             "weights": "int8 symmetric " + ("per-channel" if settings.per_channel else "per-tensor"),
+            "engine": engine if scheme != "dynamic" else "onnxruntime",
             "calibration": {"origin": source.describe(counts["samples"]), "random": source.is_random,
                             "method": settings.method, "samples": counts["samples"],
                             "tensors": counts["tensors"], "seconds": round(calibration_seconds, 3)},
@@ -274,8 +282,8 @@ class QuantizeStage:
         return calibration_eval(iter(samples), f"{source.describe(len(samples))} (calibration data)")
 
     @staticmethod
-    def _selection(model, settings: QuantizeSettings, model_type: str,
-                   ctx: BuildContext) -> tuple[str, list[str], list[str] | None]:
+    def _selection(model, settings: QuantizeSettings, model_type: str, ctx: BuildContext,
+                   engine: str) -> tuple[str, list[str], list[str] | None]:
         """(scheme, excluded node names, only these nodes or None)."""
         by_type = [n.name for n in model.graph.node if n.op_type in settings.exclude_op_types]
         names = {n.name for n in model.graph.node}
@@ -286,10 +294,14 @@ class QuantizeStage:
         if settings.keep_first_last:
             layers = [n.name for n in model.graph.node if n.op_type in QUANTIZABLE]
             excluded += layers[:1] + layers[-1:]
+        if model_type == "transformer" and ctx.target.int8.dynamic_matmul:
+            return "dynamic", excluded, [n for n in transformer.weight_matmuls(model) if n not in excluded]
+        if engine == "nncf":
+            # NNCF's transformer preset keeps LayerNorm/Softmax/GELU float and applies SmoothQuant.
+            return "static (nncf)", excluded, None
         if model_type == "transformer":
-            only = [n for n in transformer.weight_matmuls(model) if n not in excluded]
-            scheme = "dynamic" if ctx.target.int8.dynamic_matmul else "static-weight-matmuls"
-            return scheme, excluded, only
+            return "static-weight-matmuls", excluded, [n for n in transformer.weight_matmuls(model)
+                                                       if n not in excluded]
         return "static", excluded, None
 
     @staticmethod
