@@ -66,6 +66,7 @@ def build(
     trust_pickle: bool = False,
     skip_passes: Sequence[str] = (),
     on_stage: Callable[[StageReport], None] = lambda report: None,
+    auto_selection: dict[str, Any] | None = None,
 ) -> BuildResult:
     """Compile `model` for `target` into a bundle folder; nothing is left behind on failure."""
     started = perf_counter()
@@ -75,6 +76,17 @@ def build(
     overrides = parse_input_specs(inputs)
     target_label = resolved_target.name if target.endswith(".toml") else target
     out = out or Path("dist") / f"{model_name(model)}-{target_label}"
+    if resolved_profile.candidates:
+        from edgepipe import auto_select
+
+        common = {"inputs": inputs, "eval_data": eval_data, "weights": weights,
+                  "trust_pickle": trust_pickle, "skip_passes": skip_passes, "on_stage": on_stage}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        selection = auto_select.select(build, model, target=resolved_target, target_spec=target,
+                                       profile=resolved_profile, calib=None if calib is None else str(calib),
+                                       out=out, **common)
+        return build(model, target=target, profile=selection["chosen"], out=out, calib=calib, force=force,
+                     auto_selection={"profile": resolved_profile.name, **selection}, **common)
     backend = get_backend(resolved_target.backend)
     try:
         require(backend.runtime_module, f"target '{resolved_target.name}' (backend {backend.name})")
@@ -102,7 +114,8 @@ def build(
             manifest = write_bundle(
                 staging / "bundle", source=source, target=resolved_target, target_spec=target,
                 profile=resolved_profile, result=result, reference=reference,
-                backend_versions=backend.runtime_versions(), seconds=perf_counter() - started)
+                backend_versions=backend.runtime_versions(), seconds=perf_counter() - started,
+                auto_selection=auto_selection)
             publish(staging, out)
     except OSError as exc:  # a full disk or a vanished folder mid-build: nothing was published
         raise BadInputError(f"cannot write the bundle ({exc.filename or out}): "

@@ -128,6 +128,18 @@ def render(manifest: dict[str, Any]) -> str:
         budget_line = (f"Budget: every element within atol {budget['atol']:g} + rtol {budget['rtol']:g} "
                        f"· |ref| (worst: {parity['max_tolerance_ratio']:.3g}× the tolerance), cosine ≥ "
                        f"{budget['min_cosine']:g}.")
+    if manifest.get("auto"):
+        auto = manifest["auto"]
+        lines += ["", f"## Chosen by measurement (`--profile {auto['profile']}`)", "",
+                  f"Shipped **{auto['chosen']}**: {auto['reason']}. Each candidate was timed by its own "
+                  f"run.py in a fresh process, {auto['timing']['rounds']} interleaved rounds of "
+                  f"{auto['timing']['runs']} runs.", "",
+                  "| candidate | status | median latency | cosine vs source | why |",
+                  "|---|---|---:|---:|---|"]
+        for row in auto["candidates"]:
+            latency = "—" if row.get("median_ms") is None else f"{row['median_ms']:.3f} ms"
+            lines.append(f"| {row['profile']} | {row['status']} | {latency} | "
+                         f"{_metric(row.get('cosine'), '.6f')} | {row.get('reason', '')} |")
     lines += [
         "",
         "## Parity of the deployed model",

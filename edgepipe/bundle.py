@@ -42,7 +42,8 @@ def _preprocessing(result: PipelineResult, input_name: str) -> dict[str, Any] | 
 
 def write_bundle(bundle: Path, *, source: SourceModel, target: Target, target_spec: str,
                  profile: Profile, result: PipelineResult, reference: Reference,
-                 backend_versions: dict[str, str], seconds: float) -> dict[str, Any]:
+                 backend_versions: dict[str, str], seconds: float,
+                 auto_selection: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write model.onnx, run.py, report.md and manifest.json beside the backend artifact."""
     _copy_portable(result, bundle)
     shutil.copyfile(RUNNER_SCRIPT, bundle / "run.py")
@@ -71,6 +72,7 @@ def write_bundle(bundle: Path, *, source: SourceModel, target: Target, target_sp
         "stages": [report.to_json() for report in result.stages],
         "parity": {"reference_inputs": reference.origin, **result.parity.to_json()},
         "parity_budget": result.budget.model_dump(mode="json"),
+        **({"auto": auto_selection} if auto_selection else {}),
         "tools": manifest.tool_versions(backend_versions),
         "build": manifest.build_info(seconds),
         "files": [],

@@ -187,12 +187,29 @@ class AccuracyBudget(StrictModel):
     on_exceed: Literal["fail", "warn"] = "fail"
 
 
+class AutoSettings(StrictModel):
+    """How `--profile auto` times its candidates: each bundle's run.py in its own process,
+    interleaved rounds, median of round medians (DESIGN.md section 7)."""
+
+    rounds: int = Field(3, ge=1)
+    runs: int = Field(50, ge=1)
+    warmup: int = Field(10, ge=0)
+    threads: int | None = Field(None, ge=0, description="None: the target's own setting")
+
+
 class ProfileFile(StrictModel):
     name: str
     description: str
     extends: str | None = None
     stages: list[str] = Field(default_factory=lambda: ["export", "lower"])
     accuracy: AccuracyBudget = AccuracyBudget()
+    # A profile with candidates builds each, times each on this host and ships the
+    # fastest that meets its own budget.
+    candidates: list[str] = Field(default_factory=list)
+    auto: AutoSettings = AutoSettings()
+
+
+_DEFAULT_AUTO = AutoSettings()
     # Tables named after a stage ([export], [quantize], ...) are taken out before
     # this model validates the rest, and are checked by the stage's own model.
 
@@ -205,12 +222,16 @@ class Profile:
     accuracy: AccuracyBudget
     stage_settings: dict[str, BaseModel]
     source: Path
+    candidates: tuple[str, ...] = ()
+    auto: AutoSettings = _DEFAULT_AUTO
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "stages": list(self.stages),
             "accuracy": self.accuracy.model_dump(mode="json"),
+            **({"candidates": list(self.candidates), "auto": self.auto.model_dump(mode="json")}
+               if self.candidates else {}),
             **{k: v.model_dump(mode="json") for k, v in self.stage_settings.items()},
         }
 
@@ -282,6 +303,8 @@ def load_profile_file(path: Path) -> Profile:
         accuracy=raw.accuracy,
         stage_settings=stage_settings,
         source=path,
+        candidates=tuple(raw.candidates),
+        auto=raw.auto,
     )
 
 

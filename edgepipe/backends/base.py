@@ -92,6 +92,10 @@ class Backend(Protocol):
         after lowering, so int8 accuracy is scored on what the device will run."""
         ...
 
+    def host_precisions(self, runtime: Any) -> tuple[str, ...]:
+        """The float precisions this build host can run natively (for `--profile auto`)."""
+        ...
+
     def runtime_versions(self) -> dict[str, str]:
         """Versions of the runtime libraries, for the manifest."""
         ...

@@ -183,5 +183,8 @@ class OnnxRuntimeBackend:
         """An ONNX model as the lowered artifact would run: all optimizations, int8 kernels."""
         return OnnxRuntimeRunner(model, inputs, runtime, level="all")
 
+    def host_precisions(self, runtime: OnnxRuntimeRuntimeSettings) -> tuple[str, ...]:
+        return ("f32",)
+
     def runtime_versions(self) -> dict[str, str]:
         return {"onnxruntime": _ort().__version__}

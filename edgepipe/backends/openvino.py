@@ -150,6 +150,15 @@ class OpenVinoBackend:
         """OpenVINO compiles ONNX directly, with the kernels its IR would get."""
         return OpenVinoRunner(model, inputs, runtime, precision)
 
+    def host_precisions(self, runtime: OpenVinoRuntimeSettings) -> tuple[str, ...]:
+        """f32, plus bf16/f16 where the device reports them (AVX-512 BF16/AMX, GPUs)."""
+        ov = _ov("checking OpenVINO device capabilities")
+        core = ov.Core()
+        if runtime.device not in core.available_devices:
+            return ()
+        capabilities = set(core.get_property(runtime.device, "OPTIMIZATION_CAPABILITIES"))
+        return ("f32", *(p for p, cap in (("bf16", "BF16"), ("f16", "FP16")) if cap in capabilities))
+
     def runtime_versions(self) -> dict[str, str]:
         try:
             import openvino
