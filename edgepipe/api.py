@@ -159,7 +159,7 @@ def verify(bundle: Path) -> list[str]:
 
 
 def profile(bundle: Path, *, runs: int = 100, warmup: int = 10, threads: int | None = None,
-            out: Path | None = None) -> tuple[Path, dict[str, Any]]:
+            out: Path | None = None, layers: bool = False) -> tuple[Path, dict[str, Any]]:
     """Time a bundle with its own runner in a fresh process; write profile.json atomically."""
     if runs < 1 or warmup < 0 or (threads is not None and threads < 0):
         raise BadInputError("--runs must be at least 1, --warmup and --threads at least 0")
@@ -167,7 +167,7 @@ def profile(bundle: Path, *, runs: int = 100, warmup: int = 10, threads: int | N
     problems = manifest_io.verify_bundle(bundle)
     if problems:
         raise BadInputError(f"{bundle}: does not match its manifest: {problems[0]}")
-    raw = run_bundle_benchmark(bundle, runs=runs, warmup=warmup, threads=threads)
+    raw = run_bundle_benchmark(bundle, runs=runs, warmup=warmup, threads=threads, layers=layers)
     data = make_profile(bundle, manifest, raw, threads)
     out = out or default_profile_path(bundle)
     write_json_atomically(out, data)

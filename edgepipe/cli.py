@@ -214,6 +214,8 @@ def profile(
     out: Annotated[Path | None, typer.Option("--out", "-o",
                                              help="Where to write profile.json "
                                                   "(default: beside the bundle).")] = None,
+    layers: Annotated[bool, typer.Option("--layers", help="Also time each layer (a separate "
+                                                          "profiled pass).")] = False,
     as_json: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
@@ -221,7 +223,8 @@ def profile(
     from edgepipe import api
 
     with _errors_to_exit_codes(debug, as_json):
-        path, data = api.profile(bundle, runs=runs, warmup=warmup, threads=threads, out=out)
+        path, data = api.profile(bundle, runs=runs, warmup=warmup, threads=threads, out=out,
+                                 layers=layers)
         if as_json:
             _print_json(data)
             return
@@ -245,6 +248,16 @@ def _render_profile(path: Path, data: dict[str, Any]) -> None:
     console.print(f"cold start {cold['total']:.1f} ms (load {cold['load']:.1f} + first inference "
                   f"{cold['first_inference']:.1f}); peak RSS {data['memory']['peak_rss_mb']:.0f} MiB; "
                   f"{data['settings']['runs']} runs on {data['device']['cpu']}")
+    per_layer = data["per_layer"]
+    if per_layer.get("layers"):
+        layer_table = Table(title=f"slowest layers ({per_layer['source']}, {per_layer['runs']} runs, "
+                                  f"{per_layer['total_ms']:.3f} ms in {per_layer['layers_total']} layers)")
+        for column in ("layer", "type", "kernel", "mean ms", "share"):
+            layer_table.add_column(column, justify="right" if column in ("mean ms", "share") else "left")
+        for row in per_layer["layers"][:10]:
+            layer_table.add_row(escape(row["name"]), row["type"], row["exec_type"], f"{row['mean_ms']:.4f}",
+                                f"{100 * row['share']:.1f} %")
+        console.print(layer_table)
     console.print(f"written to {path}")
 
 

@@ -150,3 +150,24 @@ def test_the_other_int8_engine_stays_selectable(cli, tmp_path, trained_digits):
     assert result.exit_code == 0, result.stderr
     metrics = next(s for s in _manifest(out)["stages"] if s["stage"] == "quantize")["metrics"]
     assert metrics["engine"] == "onnxruntime" and metrics["scheme"] == "static"
+
+
+@pytest.mark.parametrize("model", [RESNET18, f"{MOBILENET}_imagenet", MINILM_TINY],
+                         ids=["resnet18", "mobilenet_v2", "minilm_tiny"])
+def test_int8_ir_of_each_example(cli, tmp_path, model):
+    import openvino as ov
+
+    profile = tmp_path / "int8-short.toml"
+    profile.write_text('name = "int8-short"\ndescription = "int8, fewer samples"\nextends = "int8"\n'
+                       "[quantize]\ncalib_count = 32\neval_count = 16\n")
+    out = tmp_path / "b"
+    result = cli("build", model, "--target", "openvino-cpu", "--profile", profile, "--calib", "random",
+                 "--out", out)
+    assert result.exit_code == 0, result.stderr
+    metrics = next(s for s in _manifest(out)["stages"] if s["stage"] == "quantize")["metrics"]
+    assert metrics["engine"] == "nncf"
+    assert metrics["evaluation"]["int8"]["mean_cosine"] >= 0.99
+    ops = {op.get_type_name() for op in ov.Core().read_model(str(out / "model.xml")).get_ops()}
+    assert "FakeQuantize" in ops
+    if model == MINILM_TINY:
+        assert metrics["model_type"] == "transformer"

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 
+import pytest
+
 from edgepipe.profiler.stats import latency_summary
-from tests.conftest import assert_one_line_error
+from tests.conftest import DIGITS, assert_one_line_error
 
 
 def test_profile_writes_raw_samples_and_summary(cli, digits_bundle, tmp_path):
@@ -59,3 +61,21 @@ def test_latency_summary_numbers():
     assert summary["mean"] == 2.5 and summary["p50"] == 2.5
     assert summary["min"] == 1.0 and summary["max"] == 4.0
     assert summary["throughput_per_s"] == 800.0
+
+
+@pytest.mark.parametrize("target", ["onnxruntime-cpu", "openvino-cpu"])
+def test_per_layer_times_from_the_runtime_profiler(cli, tmp_path, target):
+    if target == "openvino-cpu":
+        pytest.importorskip("openvino")
+    out = tmp_path / "b"
+    assert cli("build", DIGITS, "--target", target, "--out", out).exit_code == 0
+    result = cli("profile", out, "--runs", "5", "--warmup", "1", "--layers", "--json")
+    assert result.exit_code == 0, result.stderr
+    per_layer = json.loads(result.stdout)["per_layer"]
+    assert per_layer["runs"] == 5 and per_layer["layers_total"] >= 3
+    layers = per_layer["layers"]
+    assert any(row["type"] in ("Conv", "Convolution") for row in layers)
+    assert all(row["mean_ms"] >= 0 for row in layers)
+    assert sum(row["share"] for row in layers) == pytest.approx(1.0, abs=0.01)
+    plain = cli("profile", out, "--runs", "2", "--warmup", "0", "--json")
+    assert json.loads(plain.stdout)["per_layer"]["available"] is False

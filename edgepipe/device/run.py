@@ -63,6 +63,7 @@ class OnnxRuntimeModel:
             "CPUExecutionProvider"]
         missing = [p for p in settings["providers"] if p not in available]
         path = bundle / manifest["backend"]["artifact"]
+        self._ort, self._options, self._path = ort, options, path
         try:
             self.session = ort.InferenceSession(str(path), options, providers=self.providers)
         except Exception as exc:
@@ -83,6 +84,28 @@ class OnnxRuntimeModel:
 
     def infer(self, feed: dict) -> dict:
         return dict(zip(self.output_names, self.session.run(self.output_names, feed), strict=True))
+
+    def layer_times(self, feed: dict, runs: int) -> dict:
+        """Per-node kernel times from ONNX Runtime's own profiler (a separate session, so
+        the timed runs above carry no profiling overhead)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as folder:
+            self._options.enable_profiling = True
+            self._options.profile_file_prefix = str(Path(folder) / "ort")
+            session = self._ort.InferenceSession(str(self._path), self._options, providers=self.providers)
+            self._options.enable_profiling = False
+            for _ in range(runs):
+                session.run(None, feed)
+            events = json.loads(Path(session.end_profiling()).read_text())
+        totals: dict = {}
+        for event in events:
+            if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+                name = event["args"].get("node_name", event["name"].removesuffix("_kernel_time"))
+                entry = totals.setdefault(name, {"type": event["args"].get("op_name", ""),
+                                                 "exec_type": event["args"].get("provider", ""), "us": 0.0})
+                entry["us"] += event["dur"]
+        return {"source": "onnxruntime profiler (kernel time)", "runs": runs, "totals": totals}
 
 
 class OpenVinoModel:
@@ -110,6 +133,7 @@ class OpenVinoModel:
         if settings["device"].split(".")[0] not in {d.split(".")[0] for d in core.available_devices}:
             raise RunError(f"OpenVINO device {settings['device']} is not present "
                            f"(found: {', '.join(core.available_devices)})", 3)
+        self._core, self._path, self._device, self._config = core, path, settings["device"], config
         try:
             compiled = core.compile_model(str(path), settings["device"], config)
         except Exception as exc:
@@ -126,6 +150,35 @@ class OpenVinoModel:
     def infer(self, feed: dict) -> dict:
         results = self.request.infer(feed)
         return {name: np.asarray(results[i]) for i, name in enumerate(self.output_names)}
+
+    def layer_times(self, feed: dict, runs: int) -> dict:
+        """OpenVINO's PERF_COUNT per executed node (a separately compiled model, so the
+        timed runs carry no counting overhead)."""
+        config = {**self._config, "PERF_COUNT": True}
+        compiled = self._core.compile_model(str(self._path), self._device, config)
+        request = compiled.create_infer_request()
+        totals: dict = {}
+        for _ in range(runs):
+            request.infer(feed)
+            for info in request.get_profiling_info():
+                if str(info.status).endswith("NOT_RUN"):
+                    continue
+                entry = totals.setdefault(info.node_name, {"type": info.node_type,
+                                                           "exec_type": info.exec_type, "us": 0.0})
+                entry["us"] += info.real_time.total_seconds() * 1e6
+        return {"source": "OpenVINO PERF_COUNT (real time)", "runs": runs, "totals": totals}
+
+
+def per_layer(model, feed: dict, runs: int, top: int = 25) -> dict:
+    """The slowest layers, mean milliseconds per inference, and their share of the total."""
+    raw = model.layer_times(feed, runs)
+    total_us = sum(entry["us"] for entry in raw["totals"].values()) or 1.0
+    ranked = sorted(raw["totals"].items(), key=lambda item: -item[1]["us"])
+    return {"source": raw["source"], "runs": runs, "layers_total": len(ranked),
+            "total_ms": round(total_us / runs / 1000, 4),
+            "layers": [{"name": name, "type": entry["type"], "exec_type": entry["exec_type"],
+                        "mean_ms": round(entry["us"] / runs / 1000, 4),
+                        "share": round(entry["us"] / total_us, 4)} for name, entry in ranked[:top]]}
 
 
 BACKENDS = {"onnxruntime": OnnxRuntimeModel, "openvino": OpenVinoModel}
@@ -266,8 +319,10 @@ def benchmark(args: argparse.Namespace, bundle: Path, manifest: dict, feed: dict
         begin = time.perf_counter_ns()
         model.infer(feed)
         latencies.append((time.perf_counter_ns() - begin) / 1e6)
+    layers = per_layer(model, feed, args.runs) if args.layers else None
     return {
         "schema": "edgepipe.run/1",
+        "per_layer": layers,
         "model": manifest["model"]["name"],
         "target": manifest["target"]["name"],
         "runtime": model.runtime,
@@ -310,6 +365,8 @@ def parse_args(argv: list) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads (default: the target's setting)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--layers", action="store_true",
+                        help="with --benchmark: also time each layer (a separate profiled pass)")
     args = parser.parse_args(argv)
     if args.runs < 1 or args.warmup < 0 or (args.threads is not None and args.threads < 0):
         parser.error("--runs must be >= 1, --warmup and --threads >= 0")

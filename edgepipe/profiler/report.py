@@ -57,6 +57,7 @@ def make_profile(bundle: Path, manifest: dict[str, Any], raw: dict[str, Any],
         "energy": {"available": False,
                    "reason": f"energy meter '{manifest['target']['energy']['meter']}' of the "
                              "target is not read by this version of edgepipe"},
-        "per_layer": None,
+        "per_layer": raw.get("per_layer") or {"available": False,
+                                              "reason": "not requested (edgepipe profile --layers)"},
         "warnings": raw.get("warnings", []),
     }
