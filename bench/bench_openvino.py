@@ -10,7 +10,8 @@ same thread count for all (DESIGN.md section 7):
                    NNCF's docs show (Dataset + quantize + save_model(compress_to_fp16=False));
 - edgepipe-int8:   `edgepipe build --target openvino-cpu --profile int8` (QDQ written by NNCF,
                    the target's default engine), timed by its run.py;
-- edgepipe-int8-ort-engine: the same with `[quantize] engine = "onnxruntime"`.
+- edgepipe-int8-ort-engine: the same with `[quantize] engine = "onnxruntime"`;
+- edgepipe-int8-nncf-ov: the same with `engine = "nncf-openvino"` (NNCF on the OpenVINO model).
 
 Calibration: 100 seeded standard-normal images; fidelity (cosine and top-1 agreement
 with fp32) on 32 others: no labelled ImageNet data ships here.
@@ -92,17 +93,21 @@ def main() -> None:
             subprocess.run([*edgepipe, "build", MODELS[name], "--target", "onnxruntime-cpu", "--out", fp32],
                            check=True, cwd=ROOT, capture_output=True)
             exported = fp32.with_name(fp32.name + ".build") / "00-export.onnx"
-            ort_engine = work / "ort-engine.toml"
-            ort_engine.write_text('name = "int8-ort-engine"\ndescription = "bench"\nextends = "int8"\n'
-                                  '[quantize]\nengine = "onnxruntime"\n')
+            engines = {}
+            for key, engine in (("edgepipe-int8-ort-engine", "onnxruntime"),
+                                ("edgepipe-int8-nncf-ov", "nncf-openvino")):
+                engines[key] = work / f"{engine}.toml"
+                engines[key].write_text(f'name = "int8-{engine}"\ndescription = "bench"\nextends = "int8"\n'
+                                        f'[quantize]\nengine = "{engine}"\n')
             seconds = {}
-            for key, profile in (("edgepipe-int8", "int8"), ("edgepipe-int8-ort-engine", str(ort_engine))):
+            for key, profile in (("edgepipe-int8", "int8"), *((k, str(v)) for k, v in engines.items())):
                 started = time.perf_counter()
                 subprocess.run([*edgepipe, "build", MODELS[name], "--target", "openvino-cpu", "--profile",
                                 profile, "--calib", work / "calib.npz", "--eval", work / "eval.npz",
                                 "--out", work / f"{name}-{key}"], check=True, cwd=ROOT, capture_output=True)
                 seconds[key] = time.perf_counter() - started
             int8, int8_ort = work / f"{name}-edgepipe-int8", work / f"{name}-edgepipe-int8-ort-engine"
+            int8_nncf_ov = work / f"{name}-edgepipe-int8-nncf-ov"
             ort_u8, nncf_xml = work / f"{name}-u8.onnx", work / f"{name}-nncf.xml"
             seconds["ort-int8-u8"] = by_hand_quantize_static(exported, ort_u8, calib, u8=True)
             seconds["nncf-int8"] = _nncf_by_hand(exported, nncf_xml, calib)
@@ -115,6 +120,8 @@ def main() -> None:
                 "edgepipe-int8": [sys.executable, str(int8 / "run.py"), "--benchmark", "--json", *common],
                 "edgepipe-int8-ort-engine": [sys.executable, str(int8_ort / "run.py"), "--benchmark",
                                              "--json", *common],
+                "edgepipe-int8-nncf-ov": [sys.executable, str(int8_nncf_ov / "run.py"), "--benchmark",
+                                          "--json", *common],
             }
             rounds: dict[str, list[float]] = {key: [] for key in candidates}
             for _ in range(args.rounds):
@@ -125,7 +132,9 @@ def main() -> None:
             fidelity = {"nncf-int8": _fidelity(reference, _outputs(nncf_xml, held_out)),
                         "edgepipe-int8": _fidelity(reference, _outputs(int8 / "model.xml", held_out)),
                         "edgepipe-int8-ort-engine": _fidelity(reference,
-                                                              _outputs(int8_ort / "model.xml", held_out))}
+                                                              _outputs(int8_ort / "model.xml", held_out)),
+                        "edgepipe-int8-nncf-ov": _fidelity(reference,
+                                                           _outputs(int8_nncf_ov / "model.xml", held_out))}
             results[name] = {
                 "median_ms": median,
                 "speedup_vs_torch_eager": {k: median["torch-eager"] / v for k, v in median.items()},

@@ -162,3 +162,24 @@ class Evaluator:
     @property
     def float_metric(self) -> float | None:
         return self._float_metric
+
+    @property
+    def primary(self) -> str:
+        """The one number an accuracy-control loop optimizes: top1, metric, or cosine."""
+        if self.data.has_labels:
+            return "top1"
+        return "metric" if self.data.metric is not None else "cosine"
+
+    def primary_on(self, run: Run, indices: list[int]) -> float:
+        """The primary number on a subset of the evaluation samples (all of them for a metric)."""
+        if self.primary == "metric":
+            return self._call_metric(run)
+        values = []
+        for index in indices:
+            got = [np.asarray(v, np.float64) for v in run(self.data.samples[index].feed).values()]
+            if self.primary == "top1":
+                values.append(float(_topk(got[0], self.data.samples[index].label, 1)))
+            else:
+                values.append(min(_cosine(r.ravel(), g.ravel())
+                                  for r, g in zip(self._float_outputs[index], got, strict=True)))
+        return float(np.mean(values)) if values else 0.0

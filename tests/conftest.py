@@ -119,3 +119,30 @@ def trained_digits(tmp_path_factory) -> dict[str, Path | float]:
     np.savez(folder / "test.npz", input=x_test, labels=y_test)
     return {"weights": folder / "digits_cnn.pt", "test": folder / "test.npz", "accuracy": accuracy,
             "folder": folder}
+
+
+def hostile_digits(model):
+    """The trained digits CNN with one activation channel scaled up 2000x and the next
+    layer's weights for it scaled down to match: the same function in float, but that
+    channel's outliers set the per-tensor int8 range and crush every other channel."""
+    import torch
+
+    conv2, bn = model.features[3], model.features[1]
+    with torch.no_grad():
+        bn.weight[0] *= 2000
+        bn.bias[0] *= 2000
+        conv2.weight[:, 0] /= 2000
+    return model
+
+
+@pytest.fixture(scope="session")
+def hostile_onnx(trained_digits, tmp_path_factory) -> Path:
+    import torch
+
+    model = import_example("digits_cnn").DigitsCNN()
+    model.load_state_dict(torch.load(trained_digits["weights"]))
+    hostile = hostile_digits(model.eval())
+    path = tmp_path_factory.mktemp("hostile") / "hostile.onnx"
+    torch.onnx.export(hostile, (torch.rand(1, 1, 8, 8),), str(path), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["logits"])
+    return path

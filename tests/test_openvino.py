@@ -171,3 +171,55 @@ def test_int8_ir_of_each_example(cli, tmp_path, model):
     assert "FakeQuantize" in ops
     if model == MINILM_TINY:
         assert metrics["model_type"] == "transformer"
+
+
+def _engine_profile(tmp_path: Path, engine: str, on_exceed: str = "fallback") -> Path:
+    path = tmp_path / f"int8-{engine}.toml"
+    path.write_text(f'name = "int8-{engine}"\ndescription = "int8 by {engine}"\nextends = "int8"\n'
+                    f'[quantize]\nengine = "{engine}"\n[quantize.budget]\non_exceed = "{on_exceed}"\n')
+    return path
+
+
+def test_nncf_on_the_openvino_model_route(cli, tmp_path, trained_digits):
+    import openvino as ov
+
+    out = tmp_path / "b"
+    result = cli("build", DIGITS, "--weights", trained_digits["weights"], "--target", "openvino-cpu",
+                 "--profile", _engine_profile(tmp_path, "nncf-openvino"), "--calib", trained_digits["test"],
+                 "--eval", trained_digits["test"], "--out", out)
+    assert result.exit_code == 0, result.stderr
+    manifest = _manifest(out)
+    quantize = next(s for s in manifest["stages"] if s["stage"] == "quantize")
+    assert quantize["output"] == "02-quantize.xml" and quantize["metrics"]["engine"] == "nncf-openvino"
+    evaluation = quantize["metrics"]["evaluation"]
+    assert evaluation["float"]["top1"] - evaluation["int8"]["top1"] <= 1.0
+    ops = {op.get_type_name() for op in ov.Core().read_model(str(out / "model.xml")).get_ops()}
+    assert "FakeQuantize" in ops
+    import onnx
+
+    assert "QuantizeLinear" not in {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+
+
+def test_nncf_accuracy_control_rescues_the_hostile_model(cli, tmp_path, trained_digits, hostile_onnx):
+    out = tmp_path / "b"
+    result = cli("build", hostile_onnx, "--target", "openvino-cpu",
+                 "--profile", _engine_profile(tmp_path, "nncf-openvino"), "--calib", trained_digits["test"],
+                 "--eval", trained_digits["test"], "--out", out)
+    assert result.exit_code == 0, result.stderr
+    metrics = next(s for s in _manifest(out)["stages"] if s["stage"] == "quantize")["metrics"]
+    evaluation = metrics["evaluation"]
+    assert evaluation["float"]["top1"] - evaluation["int8_before_fallback"]["top1"] > 5
+    assert evaluation["float"]["top1"] - evaluation["int8"]["top1"] <= 1.0
+    assert metrics["fallback"][0]["tensor"] == "nncf.quantize_with_accuracy_control"
+    failing = cli("build", hostile_onnx, "--target", "openvino-cpu",
+                  "--profile", _engine_profile(tmp_path, "nncf-openvino", "fail"), "--calib",
+                  trained_digits["test"], "--eval", trained_digits["test"], "--out", tmp_path / "c")
+    assert failing.exit_code == 1 and not (tmp_path / "c").exists()
+
+
+def test_nncf_openvino_engine_is_refused_for_other_backends(cli, tmp_path, trained_digits):
+    result = cli("build", DIGITS, "--target", "onnxruntime-cpu",
+                 "--profile", _engine_profile(tmp_path, "nncf-openvino"), "--calib", trained_digits["test"],
+                 "--out", tmp_path / "b")
+    assert result.exit_code == 2
+    assert "writes an OpenVINO IR" in result.stderr.splitlines()[-1]

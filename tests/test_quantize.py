@@ -16,7 +16,7 @@ import torch
 from onnx import numpy_helper
 
 from edgepipe.quantization.tensorrt_cache import read_cache, version_code
-from tests.conftest import DIGITS, MINILM_TINY, assert_one_line_error, import_example
+from tests.conftest import DIGITS, MINILM_TINY, assert_one_line_error
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,36 +51,6 @@ def test_digits_int8_within_one_point_of_float(cli, tmp_path, trained_digits):
     report = (out / "report.md").read_text()
     assert "### int8 quantization" in report and "Worst quantized tensors" in report
     assert "accuracy on real inputs is unknown" not in report
-
-
-class HostileDigits(torch.nn.Module):
-    """The trained digits CNN with one activation channel scaled up 2000x and the next
-    layer's weights for it scaled down to match: the same function in float, but that
-    channel's outliers set the per-tensor int8 range and crush every other channel."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        conv, bn, _, conv2 = model.features[0], model.features[1], model.features[2], model.features[3]
-        with torch.no_grad():
-            bn.weight[0] *= 2000
-            bn.bias[0] *= 2000
-            conv2.weight[:, 0] /= 2000
-        del conv
-
-    def forward(self, x):
-        return self.model(x)
-
-
-@pytest.fixture(scope="session")
-def hostile_onnx(trained_digits, tmp_path_factory) -> Path:
-    model = import_example("digits_cnn").DigitsCNN()
-    model.load_state_dict(torch.load(trained_digits["weights"]))
-    hostile = HostileDigits(model.eval()).eval()
-    path = tmp_path_factory.mktemp("hostile") / "hostile.onnx"
-    torch.onnx.export(hostile, (torch.rand(1, 1, 8, 8),), str(path), dynamo=False, opset_version=17,
-                      input_names=["input"], output_names=["logits"])
-    return path
 
 
 def _profile(tmp_path: Path, on_exceed: str) -> Path:

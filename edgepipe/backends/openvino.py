@@ -127,7 +127,9 @@ class OpenVinoBackend:
               out_dir: Path, precision: str = "f32") -> tuple[Artifact, list[str], dict[str, str]]:
         ov = _ov("lowering to OpenVINO")
         try:
-            converted = ov.convert_model(str(model.path))
+            # An IR arrives from the quantize stage's nncf-openvino engine; ONNX otherwise.
+            converted = (ov.Core().read_model(str(model.path)) if model.format == self.name
+                         else ov.convert_model(str(model.path)))
         except Exception as exc:
             raise BackendError(f"OpenVINO could not convert {model.path.name}: {first_line(exc)}") from None
         out = out_dir / ARTIFACT_NAME

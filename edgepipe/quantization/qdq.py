@@ -11,6 +11,7 @@ import contextlib
 import io
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from edgepipe.errors import BackendError, first_line
@@ -92,3 +93,63 @@ def write_nncf(model: Path, output: Path, samples: Callable[[], Iterable[dict]],
     except Exception as exc:
         raise BackendError(f"nncf.quantize failed on {model.name}: {first_line(exc)}") from None
     onnx.save(quantized, str(output))
+
+
+@dataclass(frozen=True)
+class AccuracyControl:
+    """What nncf.quantize_with_accuracy_control needs: data, a metric, and how far it may drop."""
+
+    items: list[int]  # indices of the evaluation samples
+    validate: Callable[[Callable[[dict], dict], list[int]], float]  # (run, indices) -> metric
+    max_drop: float
+
+
+def _ov_ignored_names(names: Sequence[str]) -> list[str]:
+    """OpenVINO splits an ONNX Conv/Gemm with bias into `<name>/WithoutBiases` + an Add `<name>`."""
+    return [variant for name in names for variant in (name, f"{name}/WithoutBiases")]
+
+
+def write_nncf_openvino(model: Path, output: Path, samples: Callable[[], Iterable[dict]], *,
+                        scheme: Int8Scheme, count: int, transformer: bool, exclude: Sequence[str] = (),
+                        accuracy: AccuracyControl | None = None) -> None:
+    """int8 IR written by NNCF on the OpenVINO model itself (its own backend, as NNCF's docs show):
+    the route a user writes by hand, ~2 % faster than OpenVINO reading QDQ ONNX on MobileNetV2.
+    With `accuracy`, NNCF's own accuracy control reverts the layers that cost most."""
+    nncf = require("nncf", "[quantize] engine = \"nncf-openvino\"")
+    ov = require("openvino", "[quantize] engine = \"nncf-openvino\"")
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
+
+    class _Reiterable:
+        def __iter__(self):
+            return iter(samples())
+
+    preset = nncf.QuantizationPreset.PERFORMANCE if scheme.symmetric_activations \
+        else nncf.QuantizationPreset.MIXED
+    common = {
+        "preset": preset, "subset_size": count,
+        "model_type": nncf.ModelType.TRANSFORMER if transformer else None,
+        "ignored_scope": nncf.IgnoredScope(names=_ov_ignored_names(exclude), validate=False),
+        "advanced_quantization_parameters": AdvancedQuantizationParameters(
+            overflow_fix=OverflowFix.ENABLE if scheme.reduce_range else OverflowFix.DISABLE),
+    }
+    nncf.set_log_level(logging.ERROR)
+    float_model = ov.convert_model(str(model))
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            if accuracy is None:
+                common["advanced_parameters"] = common.pop("advanced_quantization_parameters")
+                quantized = nncf.quantize(float_model, nncf.Dataset(_Reiterable()), **common)
+            else:
+                def validation_fn(compiled, indices) -> float:
+                    def run(feed: dict) -> dict:
+                        results = compiled(feed)
+                        return {str(i): results[i] for i in range(len(compiled.outputs))}
+                    return accuracy.validate(run, list(indices))
+
+                quantized = nncf.quantize_with_accuracy_control(
+                    float_model, nncf.Dataset(_Reiterable()), nncf.Dataset(accuracy.items),
+                    validation_fn=validation_fn, max_drop=accuracy.max_drop,
+                    drop_type=nncf.DropType.ABSOLUTE, **common)
+    except Exception as exc:
+        raise BackendError(f"nncf failed on the OpenVINO model of {model.name}: {first_line(exc)}") from None
+    ov.save_model(quantized, str(output), compress_to_fp16=False)

@@ -28,7 +28,13 @@ from edgepipe.errors import BackendError, BadInputError, GateFailedError, first_
 from edgepipe.evaluation import EvalData, Evaluator, Scores, calibration_eval, open_eval
 from edgepipe.preprocessing import ImagePreprocessing
 from edgepipe.quantization import ranges, sensitivity, tensorrt_cache, transformer
-from edgepipe.quantization.qdq import write_dynamic, write_nncf, write_qdq
+from edgepipe.quantization.qdq import (
+    AccuracyControl,
+    write_dynamic,
+    write_nncf,
+    write_nncf_openvino,
+    write_qdq,
+)
 from edgepipe.settings import StrictModel
 from edgepipe.stages.base import BuildContext, StageOutcome
 from edgepipe.stages.calibration import SampleSource, open_samples
@@ -55,8 +61,8 @@ class QuantizeSettings(StrictModel):
     calib_count: int = Field(300, ge=1)
     eval_count: int = Field(500, ge=1)
     seed: int = 0
-    engine: Literal["auto", "onnxruntime", "nncf"] = Field(
-        "auto", description="auto: the target's [int8] engine")
+    engine: Literal["auto", "onnxruntime", "nncf", "nncf-openvino"] = Field(
+        "auto", description="auto: the target's [int8] engine; nncf-openvino: OpenVINO targets only")
     method: ranges.Method = "minmax"
     percentile: float = Field(99.99, gt=50, le=100)
     per_channel: bool = True
@@ -146,6 +152,12 @@ def _target_run(path: Path, ctx: BuildContext) -> Iterator[Callable[[dict], dict
         yield runner.infer
 
 
+def _fake_quantize_count(path: Path) -> int:
+    import openvino as ov
+
+    return sum(op.get_type_name() == "FakeQuantize" for op in ov.Core().read_model(str(path)).get_ops())
+
+
 def _median_latency_ms(path: Path, ctx: BuildContext, feed: dict, runs: int = 20) -> float:
     with _target_run(path, ctx) as run:
         times = []
@@ -196,9 +208,14 @@ class QuantizeStage:
         if model_type == "auto":
             model_type = "transformer" if transformer.is_transformer(proto) else "cnn"
         engine = ctx.target.int8.engine if settings.engine == "auto" else settings.engine
+        if engine == "nncf-openvino" and ctx.target.backend != "openvino":
+            raise BadInputError(f"[quantize] engine \"nncf-openvino\" writes an OpenVINO IR; target "
+                                f"'{ctx.target.name}' uses {ctx.target.backend}")
         scheme, excluded, only = self._selection(proto, settings, model_type, ctx, engine)
+        suffix = ".xml" if engine == "nncf-openvino" else ".onnx"
 
-        def quantize(kept_float: Sequence[str], path: Path) -> _Candidate:
+        def quantize(kept_float: Sequence[str], path: Path,
+                     accuracy: AccuracyControl | None = None) -> _Candidate:
             exclude = [*excluded, *kept_float]
             if scheme == "dynamic":
                 write_dynamic(prepared, path, per_channel=settings.per_channel, exclude=exclude, only=only)
@@ -206,13 +223,18 @@ class QuantizeStage:
                 write_nncf(prepared, path, lambda: source.samples(settings.calib_count),
                            scheme=ctx.target.int8, count=settings.calib_count,
                            transformer=model_type == "transformer", exclude=exclude)
+            elif engine == "nncf-openvino":
+                write_nncf_openvino(prepared, path, lambda: source.samples(settings.calib_count),
+                                    scheme=ctx.target.int8, count=settings.calib_count,
+                                    transformer=model_type == "transformer", exclude=exclude,
+                                    accuracy=accuracy)
             else:
                 write_qdq(prepared, cache, path, scheme=ctx.target.int8, method=settings.method,
                           per_channel=settings.per_channel, exclude=exclude, only=only)
             with _target_run(path, ctx) as run:
                 return _Candidate(path, list(kept_float), evaluator.score(run))
 
-        candidate = quantize([], work / "int8.onnx")
+        candidate = quantize([], work / f"int8{suffix}")
         first_scores = candidate.scores
         problems = _violations(evaluator.float_scores, evaluator.float_metric, candidate.scores,
                                settings.budget)
@@ -220,14 +242,19 @@ class QuantizeStage:
         probe = [s.feed for s in eval_data.samples[:16]]
 
         def measure(path: Path) -> list[sensitivity.QuantizedTensor]:
-            return sensitivity.measure(prepared, path, probe) if scheme != "dynamic" else []
+            if scheme == "dynamic" or path.suffix != ".onnx":
+                return []  # no QDQ to read: dynamic MatMuls, or an IR (NNCF ranks its own)
+            return sensitivity.measure(prepared, path, probe)
 
         layers = measure(candidate.path)
         if problems and settings.budget.on_exceed == "fail":
             raise GateFailedError(f"int8 quantization exceeds the budget: {'; '.join(problems)}; set "
                                   "[quantize.budget] on_exceed = \"fallback\" to keep sensitive layers "
                                   "in float")
-        if problems:
+        if problems and engine == "nncf-openvino":
+            candidate, fallback_rows = self._accuracy_control(candidate, quantize, evaluator,
+                                                              settings.budget, work, eval_data, ctx)
+        elif problems:
             candidate, fallback_rows = self._fall_back(candidate, layers, quantize, measure, evaluator,
                                                        settings.budget, work, eval_data, ctx)
             problems = _violations(evaluator.float_scores, evaluator.float_metric, candidate.scores,
@@ -239,16 +266,29 @@ class QuantizeStage:
                     f"({len(fallback_rows)} tensors, max_fallback {settings.budget.max_fallback}): "
                     f"{problems[0]}")
 
-        shutil.copyfile(candidate.path, output)
+        if suffix == ".xml":
+            output = output.with_suffix(".xml")
+            shutil.copyfile(candidate.path, output)
+            shutil.copyfile(candidate.path.with_suffix(".bin"), output.with_suffix(".bin"))
+        else:
+            shutil.copyfile(candidate.path, output)
         warnings = []
         if source.is_random:
             warnings.append("calibrated on random data (--calib random): int8 accuracy is unknown")
         if not eval_data.has_labels and eval_data.metric is None:
             warnings.append(f"no labelled --eval data: only fidelity to the float model was measured "
                             f"({eval_data.origin})")
-        cache_scales = self._tensorrt_cache(cache, output, ctx, settings)
-        result = onnx_model.load_plain(output)
-        artifact = Artifact(output, "onnx", model.inputs, onnx_model.graph_outputs(result))
+        cache_scales = self._tensorrt_cache(cache, output if suffix == ".onnx" else None, ctx, settings)
+        if suffix == ".xml":
+            warnings.append("int8 lives in the OpenVINO IR (engine nncf-openvino); the bundle's model.onnx "
+                            "is the float model it was quantized from")
+            artifact = Artifact(output, "openvino", model.inputs, model.outputs,
+                                (output.with_suffix(".bin"),))
+            int8_bytes = output.stat().st_size + output.with_suffix(".bin").stat().st_size
+        else:
+            artifact = Artifact(output, "onnx", model.inputs,
+                                onnx_model.graph_outputs(onnx_model.load_plain(output)))
+            int8_bytes = output.stat().st_size
         return StageOutcome(artifact, warnings=warnings, metrics={
             "scheme": scheme,
             "model_type": model_type,
@@ -267,7 +307,7 @@ class QuantizeStage:
             "excluded": excluded,
             "fallback": fallback_rows,
             "worst_layers": [row.to_json() for row in layers[:10]],
-            "size_bytes": {"float": prepared.stat().st_size, "int8": output.stat().st_size},
+            "size_bytes": {"float": prepared.stat().st_size, "int8": int8_bytes},
             "calibration_cache": cache_scales,
             "seconds_total": round(perf_counter() - started, 3),
         })
@@ -296,6 +336,8 @@ class QuantizeStage:
             excluded += layers[:1] + layers[-1:]
         if model_type == "transformer" and ctx.target.int8.dynamic_matmul:
             return "dynamic", excluded, [n for n in transformer.weight_matmuls(model) if n not in excluded]
+        if engine == "nncf-openvino":
+            return "static (nncf, OpenVINO model)", excluded, None
         if engine == "nncf":
             # NNCF's transformer preset keeps LayerNorm/Softmax/GELU float and applies SmoothQuant.
             return "static (nncf)", excluded, None
@@ -336,14 +378,42 @@ class QuantizeStage:
         return candidate, rows
 
     @staticmethod
-    def _tensorrt_cache(cache: Path, model: Path, ctx: BuildContext,
+    def _accuracy_control(candidate: _Candidate, quantize, evaluator: Evaluator, budget: QuantizeBudget,
+                          work: Path, eval_data: EvalData,
+                          ctx: BuildContext) -> tuple[_Candidate, list[dict[str, Any]]]:
+        """NNCF's quantize_with_accuracy_control, held to the same budget as every other route."""
+        primary = evaluator.primary
+        if primary == "top1":
+            max_drop = budget.max_top1_drop / 100.0
+        elif primary == "metric":
+            max_drop = budget.max_metric_drop
+        else:
+            max_drop = 1.0 - budget.min_cosine
+        control = AccuracyControl(items=list(range(len(eval_data.samples))),
+                                  validate=evaluator.primary_on, max_drop=max_drop)
+        feed = eval_data.samples[0].feed if eval_data.samples else None
+        latency = _median_latency_ms(candidate.path, ctx, feed) if feed else None
+        before = _fake_quantize_count(candidate.path)
+        restored = quantize([], work / "int8-accuracy-control.xml", accuracy=control)
+        new_latency = _median_latency_ms(restored.path, ctx, feed) if feed else None
+        removed = before - _fake_quantize_count(restored.path)
+        return restored, [{
+            "tensor": "nncf.quantize_with_accuracy_control", "kind": "nncf",
+            "sqnr_db": "—", "nodes": [f"{removed} FakeQuantize ops reverted to float (ranked by NNCF on "
+                                     f"{primary})"],
+            "mean_cosine_after": restored.scores.mean_cosine, "top1_after": restored.scores.top1,
+            "latency_cost_ms": None if latency is None else round(new_latency - latency, 3)}]
+
+    @staticmethod
+    def _tensorrt_cache(cache: Path, model: Path | None, ctx: BuildContext,
                         settings: QuantizeSettings) -> dict[str, Any]:
         """calib.cache beside the intermediates, and in the bundle where the target uses it."""
         path = ctx.work_dir / CALIBRATION_CACHE
         scales = tensorrt_cache.write_cache(ranges.load_ranges(cache), path,
                                             tensorrt_version=ctx.target.int8.tensorrt_version,
                                             method=settings.method,
-                                            qdq_scales=tensorrt_cache.symmetric_qdq_scales(model))
+                                            qdq_scales=tensorrt_cache.symmetric_qdq_scales(model)
+                                            if model is not None else None)
         if ctx.target.int8.calibration_cache:
             ctx.bundle_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, ctx.bundle_dir / CALIBRATION_CACHE)
