@@ -19,17 +19,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np
-from common import machine, run_worker
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import time_interleaved, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {
@@ -96,15 +95,14 @@ def main() -> None:
         np.savez(work / "calib.npz", input=calib)
         np.savez(work / "eval.npz", input=held_out)
         for name in args.models:
-            edgepipe = [sys.executable, "-m", "edgepipe"]
+            edgepipe = [sys.executable, "-m", "edgepipe", "build", MODELS[name], "--target", "onnxruntime-cpu"]
             fp32 = work / f"{name}-fp32"
-            subprocess.run([*edgepipe, "build", MODELS[name], "--out", fp32], check=True, cwd=ROOT,
-                           capture_output=True)
+            subprocess.run([*edgepipe, "--out", fp32], check=True, cwd=ROOT, capture_output=True)
             exported = fp32.with_name(fp32.name + ".build") / "00-export.onnx"
             int8 = work / f"{name}-int8"
             started = time.perf_counter()
-            subprocess.run([*edgepipe, "build", MODELS[name], "--profile", "int8", "--calib",
-                            work / "calib.npz", "--eval", work / "eval.npz", "--out", int8],
+            subprocess.run([*edgepipe, "--profile", "int8", "--calib", work / "calib.npz", "--eval",
+                            work / "eval.npz", "--out", int8],
                            check=True, cwd=ROOT, capture_output=True)
             build_seconds = time.perf_counter() - started
             manifest = json.loads((int8 / "manifest.json").read_text())
@@ -119,11 +117,7 @@ def main() -> None:
                 "ort-int8-u8": [sys.executable, workers, "ort", str(u8), *common],
                 "edgepipe-int8": [sys.executable, str(int8 / "run.py"), "--benchmark", "--json", *common],
             }
-            rounds: dict[str, list[float]] = {key: [] for key in candidates}
-            for _ in range(args.rounds):
-                for key, command in candidates.items():
-                    rounds[key].append(statistics.median(run_worker(command)["latencies_ms"]))
-            median = {key: statistics.median(values) for key, values in rounds.items()}
+            median = time_interleaved(candidates, args.rounds)
             sizes = {"ort-fp32": exported.stat().st_size, "ort-int8-defaults": defaults.stat().st_size,
                      "ort-int8-u8": u8.stat().st_size, "edgepipe-int8": (int8 / "model.onnx").stat().st_size}
             fidelity = {"ort-int8-defaults": _fidelity(exported, defaults, held_out),
@@ -144,18 +138,11 @@ def main() -> None:
                 print(f"    {key:18s} cosine {value['mean_cosine']:.4f}  top-1 agreement "
                       f"{value['top1_agreement']:.3f}  size {sizes[key] / 2**20:5.1f} MiB  "
                       f"quantize {seconds[key]:.1f} s", flush=True)
-    report = {
-        "benchmark": "int8",
-        "date": datetime.now(UTC).replace(microsecond=0).isoformat(),
-        "machine": machine(),
-        "settings": {"threads": args.threads, "rounds": args.rounds, "runs": args.runs,
-                     "warmup": args.warmup, "batch": 1, "calibration_samples": args.calib,
-                     "eval_samples": args.eval, "inputs": "seeded standard-normal images"},
-        "models": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"written to {args.out}")
+    write_report(args.out, "int8", {
+        "threads": args.threads, "rounds": args.rounds, "runs": args.runs, "warmup": args.warmup,
+        "batch": 1, "calibration_samples": args.calib, "eval_samples": args.eval,
+        "inputs": "seeded standard-normal images"},
+        results)
 
 
 if __name__ == "__main__":

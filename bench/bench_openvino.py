@@ -22,20 +22,17 @@ with fp32) on 32 others: no labelled ImageNet data ships here.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_int8 import by_hand_quantize_static, images
-from common import ROOT, machine, run_worker
+from common import ROOT, time_interleaved, write_report
 
 MODELS = {
     "resnet18": "examples/models/resnet.py:resnet18",
@@ -123,11 +120,7 @@ def main() -> None:
                 "edgepipe-int8-nncf-ov": [sys.executable, str(int8_nncf_ov / "run.py"), "--benchmark",
                                           "--json", *common],
             }
-            rounds: dict[str, list[float]] = {key: [] for key in candidates}
-            for _ in range(args.rounds):
-                for key, command in candidates.items():
-                    rounds[key].append(statistics.median(run_worker(command)["latencies_ms"]))
-            median = {key: statistics.median(values) for key, values in rounds.items()}
+            median = time_interleaved(candidates, args.rounds)
             reference = _outputs(exported, held_out)
             fidelity = {"nncf-int8": _fidelity(reference, _outputs(nncf_xml, held_out)),
                         "edgepipe-int8": _fidelity(reference, _outputs(int8 / "model.xml", held_out)),
@@ -146,18 +139,11 @@ def main() -> None:
             print(f"    edgepipe/nncf latency {results[name]['edgepipe_vs_nncf']:.2f}x, "
                   f"edgepipe vs eager {results[name]['speedup_vs_torch_eager']['edgepipe-int8']:.2f}x, "
                   f"fidelity {fidelity}", flush=True)
-    report = {
-        "benchmark": "openvino-cpu",
-        "date": datetime.now(UTC).replace(microsecond=0).isoformat(),
-        "machine": machine(),
-        "settings": {"threads": args.threads, "rounds": args.rounds, "runs": args.runs,
-                     "warmup": args.warmup, "batch": 1, "calibration_samples": args.calib,
-                     "eval_samples": args.eval, "inputs": "seeded standard-normal images"},
-        "models": results,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"written to {args.out}")
+    write_report(args.out, "openvino-cpu", {
+        "threads": args.threads, "rounds": args.rounds, "runs": args.runs, "warmup": args.warmup,
+        "batch": 1, "calibration_samples": args.calib, "eval_samples": args.eval,
+        "inputs": "seeded standard-normal images"},
+        results)
 
 
 if __name__ == "__main__":

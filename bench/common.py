@@ -30,3 +30,24 @@ def machine() -> dict[str, object]:
     except OSError:
         pass
     return {"cpu": cpu, "logical_cpus": os.cpu_count(), "machine": platform.machine()}
+
+
+def time_interleaved(candidates: dict[str, list[str]], rounds: int) -> dict[str, float]:
+    """Median over rounds of each candidate's median latency; rounds interleave (A B C, A B C)."""
+    import statistics
+
+    per_round: dict[str, list[float]] = {key: [] for key in candidates}
+    for _ in range(rounds):
+        for key, command in candidates.items():
+            per_round[key].append(statistics.median(run_worker(command)["latencies_ms"]))
+    return {key: statistics.median(values) for key, values in per_round.items()}
+
+
+def write_report(out: Path, benchmark: str, settings: dict[str, object], models: dict[str, object]) -> None:
+    from datetime import UTC, datetime
+
+    report = {"benchmark": benchmark, "date": datetime.now(UTC).replace(microsecond=0).isoformat(),
+              "machine": machine(), "settings": settings, "models": models}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"written to {out}")
