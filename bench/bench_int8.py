@@ -95,7 +95,8 @@ def main() -> None:
         np.savez(work / "calib.npz", input=calib)
         np.savez(work / "eval.npz", input=held_out)
         for name in args.models:
-            edgepipe = [sys.executable, "-m", "edgepipe", "build", MODELS[name], "--target", "onnxruntime-cpu"]
+            edgepipe = [sys.executable, "-m", "edgepipe", "build", MODELS[name],
+                        "--target", "onnxruntime-cpu"]
             fp32 = work / f"{name}-fp32"
             subprocess.run([*edgepipe, "--out", fp32], check=True, cwd=ROOT, capture_output=True)
             exported = fp32.with_name(fp32.name + ".build") / "00-export.onnx"
