@@ -10,7 +10,6 @@ from edgepipe.errors import MissingExtraError
 # module name -> the extra that provides it
 EXTRA_OF_MODULE: dict[str, str] = {
     "torch": "torch",
-    "onnxscript": "torch",
     "openvino": "openvino",
     "nncf": "openvino",
     "tensorrt": "tensorrt",

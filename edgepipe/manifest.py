@@ -98,13 +98,14 @@ def build_time() -> str:
 
 def tool_versions(extra: dict[str, str]) -> dict[str, str]:
     versions = {"edgepipe": __version__, "python": platform.python_version()}
-    for dist in ("numpy", "onnx", "onnx-ir"):
+    for dist in ("numpy", "onnx", "onnx-ir", "onnxscript"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             continue
-    if "torch" in sys.modules:
-        versions["torch"] = sys.modules["torch"].__version__
+    torch = sys.modules.get("torch")  # only when this build used it; None when blocked
+    if torch is not None:
+        versions["torch"] = torch.__version__
     versions.update(extra)
     return dict(sorted(versions.items()))
 

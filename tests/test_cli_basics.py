@@ -46,7 +46,7 @@ def test_unknown_command_is_a_usage_error():
 # Blocks the optional heavy libraries the way a core-only install lacks them.
 _WITHOUT_EXTRAS = textwrap.dedent("""
     import sys
-    for name in ("torch", "onnxscript", "openvino", "tensorrt", "tensorflow"):
+    for name in ("torch", "openvino", "nncf", "tensorrt", "tensorflow"):
         sys.modules[name] = None
     sys.argv = ["edgepipe", *sys.argv[1:]]
     from edgepipe.cli import main
@@ -89,3 +89,12 @@ def test_importing_the_api_loads_no_heavy_library():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_an_onnx_model_builds_with_the_core_alone(tmp_path, digits_onnx):
+    """No extra installed: ONNX in, fused and lowered for ONNX Runtime."""
+    result = _edgepipe_without_extras("build", digits_onnx, "--target", "onnxruntime-cpu",
+                                      "--out", tmp_path / "b")
+    assert result.returncode == 0, result.stderr
+    stages = [s["stage"] for s in json.loads((tmp_path / "b" / "manifest.json").read_text())["stages"]]
+    assert stages == ["export", "fuse", "lower"]
