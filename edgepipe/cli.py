@@ -231,6 +231,57 @@ def profile(
         _render_profile(path, data)
 
 
+@app.command()
+def compare(
+    baseline: Annotated[Path, typer.Argument(help="The baseline profile.json.")],
+    new: Annotated[Path, typer.Argument(help="The new profile.json.")],
+    max_slowdown: Annotated[str, typer.Option(help="Allowed slowdown, e.g. 5% or 0.05.")] = "5%",
+    alpha: Annotated[float, typer.Option(help="Significance level of the test.")] = 0.01,
+    metric: Annotated[str, typer.Option(help="p50, p90 (or energy, once profiles record it).")] = "p50",
+    as_json: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Decide whether NEW regressed against BASELINE; exit 1 on a significant regression."""
+    from edgepipe.compare import compare_files, parse_threshold
+
+    with _errors_to_exit_codes(debug, as_json):
+        result = compare_files(baseline, new, metric=metric, max_slowdown=parse_threshold(max_slowdown),
+                               alpha=alpha)
+        if as_json:
+            _print_json(result)
+        else:
+            _render_compare(result)
+    if result["exit_code"]:
+        raise typer.Exit(result["exit_code"])
+
+
+def _render_compare(result: dict[str, Any]) -> None:
+    d = result["decision"]
+    console = _stdout()
+    table = Table(title=f"{d['metric']} latency, {result['samples']['baseline']} vs "
+                        f"{result['samples']['new']} runs")
+    for column in ("baseline ms", "new ms", "ratio", f"{100 * d['confidence']:.0f} % interval", "p-value",
+                   "allowed", "verdict"):
+        table.add_column(column, justify="right")
+    colour = {"regression": "red", "pass": "green", "inconclusive": "yellow"}[d["verdict"]]
+    table.add_row(f"{d['baseline']:.3f}", f"{d['new']:.3f}", f"{d['ratio']:.3f}",
+                  f"{d['ci_low']:.3f} – {d['ci_high']:.3f}", f"{d['p_value']:.2g}",
+                  f"≤ {1 + d['threshold']:.3f}", f"[{colour}]{d['verdict']}[/]")
+    console.print(table)
+    context = Table(title="context (not gated)")
+    for column in ("", "baseline", "new"):
+        context.add_column(column, justify="right" if column else "left")
+    for row in result["context"]:
+        values = (row["baseline"], row["new"])
+        context.add_row(row["what"], *("—" if v is None else f"{v:.6g}" for v in values))
+    console.print(context)
+    for warning in result["warnings"]:
+        _stderr().print(f"[yellow]warning:[/] {escape(warning)}", markup=True, highlight=False)
+    if d["verdict"] == "inconclusive":
+        console.print("inconclusive: the noise is larger than the allowed slowdown; profile with more "
+                      "runs or on a quieter machine")
+
+
 def _render_profile(path: Path, data: dict[str, Any]) -> None:
     summary = data["latency_ms"]["summary"]
     runtime = data["runtime"]

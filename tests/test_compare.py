@@ -1,0 +1,133 @@
+"""`edgepipe compare`: the noise-aware regression gate of a release pipeline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgepipe.compare import decide, parse_threshold
+from tests.conftest import assert_one_line_error
+
+
+def _latencies(median_ms: float, noise: float, n: int = 200, seed: int = 0) -> list[float]:
+    """Latencies as they come off a shared machine: log-normal around the median."""
+    rng = np.random.default_rng(seed)
+    return list(median_ms * np.exp(rng.normal(0.0, noise, n)))
+
+
+def _profile(path: Path, samples: list[float], cpu: str = "AMD EPYC") -> Path:
+    path.write_text(json.dumps({
+        "schema": "edgepipe.profile/1",
+        "bundle": {"path": "/nonexistent", "model": "m", "target": "onnxruntime-cpu",
+                   "backend": "onnxruntime"},
+        "device": {"cpu": cpu},
+        "latency_ms": {"samples": samples},
+        "memory": {"peak_rss_mb": 100.0},
+        "cold_start_ms": {"total": 50.0},
+        "energy": {"available": False, "reason": "no meter"},
+    }))
+    return path
+
+
+def test_identical_distributions_pass():
+    decision = decide(_latencies(10, 0.02, seed=1), _latencies(10, 0.02, seed=2), max_slowdown=0.05)
+    assert decision.verdict == "pass" and decision.exit_code == 0
+    assert abs(decision.ratio - 1) < 0.01 and decision.ci_low < 1.0 < decision.ci_high
+
+
+def test_a_20_percent_slowdown_fails():
+    decision = decide(_latencies(10, 0.05, seed=1), _latencies(12, 0.05, seed=2), max_slowdown=0.05)
+    assert decision.verdict == "regression" and decision.exit_code == 1
+    assert decision.ratio == pytest.approx(1.2, rel=0.03)
+    assert decision.p_value < 1e-6
+
+
+def test_a_noisy_2_percent_change_with_a_5_percent_threshold_passes():
+    decision = decide(_latencies(10, 0.05, seed=1), _latencies(10.2, 0.05, seed=2), max_slowdown=0.05)
+    assert decision.verdict == "pass"
+
+
+def test_noise_larger_than_the_threshold_is_inconclusive_not_a_flap():
+    decision = decide(_latencies(10, 0.4, n=20, seed=1), _latencies(10.6, 0.4, n=20, seed=2),
+                      max_slowdown=0.05)
+    assert decision.verdict == "inconclusive" and decision.exit_code == 0
+
+
+def test_p90_metric_sees_a_tail_regression():
+    base = _latencies(10, 0.02, seed=1)
+    new = list(_latencies(10, 0.02, seed=2))
+    new[::5] = [x * 1.6 for x in new[::5]]  # every fifth run stalls
+    assert decide(base, new, metric="p50", max_slowdown=0.05).verdict != "regression"
+    assert decide(base, new, metric="p90", max_slowdown=0.05).verdict == "regression"
+
+
+def test_thresholds_parse_as_percent_or_fraction():
+    assert parse_threshold("5%") == pytest.approx(0.05)
+    assert parse_threshold("0.1") == pytest.approx(0.1)
+
+
+def test_cli_exit_codes_and_json(cli, tmp_path):
+    base = _profile(tmp_path / "base.json", _latencies(10, 0.03, seed=1))
+    same = _profile(tmp_path / "same.json", _latencies(10, 0.03, seed=2))
+    slow = _profile(tmp_path / "slow.json", _latencies(12, 0.03, seed=3), cpu="another CPU")
+    passing = cli("compare", base, same)
+    assert passing.exit_code == 0 and "pass" in passing.stdout
+    failing = cli("compare", base, slow, "--json")
+    assert failing.exit_code == 1
+    result = json.loads(failing.stdout)
+    assert result["decision"]["verdict"] == "regression"
+    assert any("different CPUs" in w for w in result["warnings"])
+    assert cli("compare", base, slow, "--max-slowdown", "30%").exit_code == 0
+
+
+@pytest.mark.parametrize(("problem", "message"), [
+    ("missing", "no such file"), ("not_json", "not a readable profile.json"),
+    ("wrong_schema", "not an edgepipe profile"), ("energy", "--metric energy needs per-run energy")])
+def test_bad_inputs_are_one_line_errors(cli, tmp_path, problem, message):
+    base = _profile(tmp_path / "base.json", _latencies(10, 0.03))
+    other = tmp_path / "other.json"
+    args = []
+    if problem == "not_json":
+        other.write_text("{truncated")
+    elif problem == "wrong_schema":
+        other.write_text(json.dumps({"schema": "something/1"}))
+    elif problem == "energy":
+        other = _profile(other, _latencies(10, 0.03))
+        args = ["--metric", "energy"]
+    result = cli("compare", base, other, *args)
+    assert result.exit_code == 2
+    assert_one_line_error(result.stderr, message)
+
+
+def test_compare_catches_an_injected_slowdown_in_real_profiles(cli, tmp_path, digits_bundle):
+    """Profile a real bundle, then the same bundle made slower by a sleep in its runner."""
+    fast = cli("profile", digits_bundle, "--runs", "40", "--warmup", "5", "--threads", "1",
+               "--out", tmp_path / "fast.json")
+    assert fast.exit_code == 0, fast.stderr
+    slowed = tmp_path / "slowed"
+    shutil.copytree(digits_bundle, slowed)
+    runner = (slowed / "run.py").read_text()
+    injected = runner.replace("    def infer(self, feed: dict) -> dict:\n        return dict(",
+                              "    def infer(self, feed: dict) -> dict:\n        time.sleep(0.002)\n"
+                              "        return dict(", 1)
+    assert injected != runner
+    (slowed / "run.py").write_text(injected)
+    manifest = json.loads((slowed / "manifest.json").read_text())
+    import hashlib
+
+    for entry in manifest["files"]:
+        if entry["path"] == "run.py":
+            entry["sha256"] = hashlib.sha256(injected.encode()).hexdigest()
+            entry["size"] = len(injected.encode())
+    (slowed / "manifest.json").write_text(json.dumps(manifest))
+    slow = cli("profile", slowed, "--runs", "40", "--warmup", "5", "--threads", "1",
+               "--out", tmp_path / "slow.json")
+    assert slow.exit_code == 0, slow.stderr
+    result = cli("compare", tmp_path / "fast.json", tmp_path / "slow.json", "--json")
+    assert result.exit_code == 1, result.stdout
+    assert json.loads(result.stdout)["decision"]["verdict"] == "regression"
+    assert cli("compare", tmp_path / "fast.json", tmp_path / "fast.json").exit_code == 0
