@@ -14,6 +14,7 @@ from edgepipe.reference import Reference
 from edgepipe.sources import SourceModel
 
 RUNNER_SCRIPT = Path(__file__).parent / "device" / "run.py"
+ENERGY_PACKAGE = Path(__file__).parent / "profiler" / "energy"  # run.py imports it as `energy`
 PORTABLE_NAME = "model.onnx"
 
 
@@ -47,6 +48,9 @@ def write_bundle(bundle: Path, *, source: SourceModel, target: Target, target_sp
     """Write model.onnx, run.py, report.md and manifest.json beside the backend artifact."""
     _copy_portable(result, bundle)
     shutil.copyfile(RUNNER_SCRIPT, bundle / "run.py")
+    (bundle / "energy").mkdir()
+    for module in sorted(ENERGY_PACKAGE.glob("*.py")):
+        shutil.copyfile(module, bundle / "energy" / module.name)
     data: dict[str, Any] = {
         "schema": manifest.SCHEMA,
         "volatile": list(manifest.VOLATILE),

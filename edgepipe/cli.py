@@ -299,6 +299,13 @@ def _render_profile(path: Path, data: dict[str, Any]) -> None:
     console.print(f"cold start {cold['total']:.1f} ms (load {cold['load']:.1f} + first inference "
                   f"{cold['first_inference']:.1f}); peak RSS {data['memory']['peak_rss_mb']:.0f} MiB; "
                   f"{data['settings']['runs']} runs on {data['device']['cpu']}")
+    energy = data["energy"]
+    if energy.get("available"):
+        console.print(f"energy {1000 * energy['joules_per_inference']:.3f} mJ/inference "
+                      f"({energy['meter']}, {energy['mean_active_power_w']:.2f} W active, "
+                      f"{energy['idle_power_w']:.2f} W idle subtracted)")
+    else:
+        console.print(f"energy unavailable: {escape(energy.get('reason', 'no meter'))}")
     per_layer = data["per_layer"]
     if per_layer.get("layers"):
         layer_table = Table(title=f"slowest layers ({per_layer['source']}, {per_layer['runs']} runs, "

@@ -305,6 +305,36 @@ def peak_rss_mb() -> float | None:
 # ---------------------------------------------------------------- modes
 
 
+def measure_energy(args: argparse.Namespace, bundle: Path, manifest: dict, model, feed: dict) -> dict:
+    """Joules per inference from the target's meter (or --energy), or why there are none."""
+    spec = args.energy or manifest["target"].get("energy", {}).get("meter", "none")
+    sys.path.insert(0, str(bundle))
+    try:
+        from energy import MeterUnavailable, measure_window, open_meter
+    except ImportError:
+        return {"available": False, "meter": spec,
+                "reason": "this bundle has no energy/ package (rebuild it)"}
+    finally:
+        sys.path.remove(str(bundle))
+    try:
+        meter = open_meter(spec, args.energy_root)
+        meter.check()
+    except MeterUnavailable as exc:
+        return {"available": False, "meter": spec, "reason": str(exc)}
+
+    def work() -> int:
+        count, deadline = 0, time.perf_counter() + args.energy_seconds
+        while time.perf_counter() < deadline or count == 0:
+            model.infer(feed)
+            count += 1
+        return count
+
+    try:
+        return measure_window(meter, work, idle_s=args.energy_idle_seconds)
+    except MeterUnavailable as exc:
+        return {"available": False, "meter": spec, "reason": str(exc)}
+
+
 def benchmark(args: argparse.Namespace, bundle: Path, manifest: dict, feed: dict) -> dict:
     backend = BACKENDS[manifest["backend"]["name"]]
     started = time.perf_counter_ns()
@@ -320,7 +350,9 @@ def benchmark(args: argparse.Namespace, bundle: Path, manifest: dict, feed: dict
         model.infer(feed)
         latencies.append((time.perf_counter_ns() - begin) / 1e6)
     layers = per_layer(model, feed, args.runs) if args.layers else None
+    energy = measure_energy(args, bundle, manifest, model, feed)
     return {
+        "energy": energy,
         "schema": "edgepipe.run/1",
         "per_layer": layers,
         "model": manifest["model"]["name"],
@@ -365,6 +397,14 @@ def parse_args(argv: list) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads (default: the target's setting)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--energy", default=None,
+                        help="energy meter (rapl, jetson, android, nvml, csv:PATH, none); "
+                             "default: the target's")
+    parser.add_argument("--energy-root", default="/", help=argparse.SUPPRESS)  # fixture trees in tests
+    parser.add_argument("--energy-seconds", type=float, default=3.0,
+                        help="how long to run inferences while the meter samples")
+    parser.add_argument("--energy-idle-seconds", type=float, default=1.0,
+                        help="idle baseline measured first and subtracted")
     parser.add_argument("--layers", action="store_true",
                         help="with --benchmark: also time each layer (a separate profiled pass)")
     args = parser.parse_args(argv)
