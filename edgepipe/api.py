@@ -23,6 +23,7 @@ from edgepipe.errors import BadInputError, MissingExtraError
 from edgepipe.extras import require
 from edgepipe.pipeline import run_stages
 from edgepipe.profiler.local import run_bundle_benchmark
+from edgepipe.profiler.remote import RemoteHost, run_remote_benchmark
 from edgepipe.profiler.report import default_profile_path, make_profile
 from edgepipe.reference import make_reference
 from edgepipe.settings import describe_validation_error
@@ -159,7 +160,8 @@ def verify(bundle: Path) -> list[str]:
 
 
 def profile(bundle: Path, *, runs: int = 100, warmup: int = 10, threads: int | None = None,
-            out: Path | None = None, layers: bool = False) -> tuple[Path, dict[str, Any]]:
+            out: Path | None = None, layers: bool = False,
+            remote: RemoteHost | None = None) -> tuple[Path, dict[str, Any]]:
     """Time a bundle with its own runner in a fresh process; write profile.json atomically."""
     if runs < 1 or warmup < 0 or (threads is not None and threads < 0):
         raise BadInputError("--runs must be at least 1, --warmup and --threads at least 0")
@@ -167,8 +169,11 @@ def profile(bundle: Path, *, runs: int = 100, warmup: int = 10, threads: int | N
     problems = manifest_io.verify_bundle(bundle)
     if problems:
         raise BadInputError(f"{bundle}: does not match its manifest: {problems[0]}")
-    raw = run_bundle_benchmark(bundle, runs=runs, warmup=warmup, threads=threads, layers=layers)
-    data = make_profile(bundle, manifest, raw, threads)
+    if remote is None:
+        raw = run_bundle_benchmark(bundle, runs=runs, warmup=warmup, threads=threads, layers=layers)
+    else:
+        raw = run_remote_benchmark(bundle, remote, runs=runs, warmup=warmup, threads=threads, layers=layers)
+    data = make_profile(bundle, manifest, raw, threads, remote=remote.host if remote else None)
     out = out or default_profile_path(bundle)
     write_json_atomically(out, data)
     return out, data

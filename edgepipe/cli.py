@@ -216,15 +216,25 @@ def profile(
                                                   "(default: beside the bundle).")] = None,
     layers: Annotated[bool, typer.Option("--layers", help="Also time each layer (a separate "
                                                           "profiled pass).")] = False,
+    host: Annotated[str | None, typer.Option(help="Profile on user@device over SSH instead.")] = None,
+    port: Annotated[int | None, typer.Option(help="SSH port.")] = None,
+    identity: Annotated[Path | None, typer.Option(help="SSH private key.")] = None,
+    remote_python: Annotated[str, typer.Option(help="Python on the device (with numpy and the "
+                                                    "runtime).")] = "python3",
+    ssh_option: Annotated[list[str] | None, typer.Option(help="Extra ssh -o Key=Value (repeatable).")]
+    = None,
     as_json: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
-    """Time a bundle on this machine with its own run.py, in a fresh process."""
+    """Time a bundle with its own run.py in a fresh process, here or on a device over SSH."""
     from edgepipe import api
+    from edgepipe.profiler.remote import RemoteHost
 
     with _errors_to_exit_codes(debug, as_json):
+        remote = None if host is None else RemoteHost(host, port, identity, remote_python,
+                                                      tuple(ssh_option or ()))
         path, data = api.profile(bundle, runs=runs, warmup=warmup, threads=threads, out=out,
-                                 layers=layers)
+                                 layers=layers, remote=remote)
         if as_json:
             _print_json(data)
             return

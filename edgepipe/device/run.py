@@ -293,6 +293,16 @@ def random_inputs(specs: list, seed: int) -> dict:
     return feed
 
 
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "Hardware", "Model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def peak_rss_mb() -> float | None:
     try:
         import resource
@@ -365,8 +375,9 @@ def benchmark(args: argparse.Namespace, bundle: Path, manifest: dict, feed: dict
         "runs": args.runs,
         "latencies_ms": latencies,
         "peak_rss_mb": peak_rss_mb(),
-        "host": {"machine": platform.machine(), "system": platform.system(),
-                 "python": platform.python_version(), "cpus": os.cpu_count()},
+        "host": {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "machine": platform.machine(),
+                 "os": f"{platform.system()} {platform.release()}", "python": platform.python_version(),
+                 "hostname": platform.node()},
     }
 
 

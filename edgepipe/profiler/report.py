@@ -19,7 +19,7 @@ def default_profile_path(bundle: Path) -> Path:
 
 
 def make_profile(bundle: Path, manifest: dict[str, Any], raw: dict[str, Any],
-                 threads: int | None) -> dict[str, Any]:
+                 threads: int | None, remote: str | None = None) -> dict[str, Any]:
     batch = int(manifest["inputs"][0]["shape"][0]) if manifest["inputs"][0]["shape"] else 1
     latencies = raw["latencies_ms"]
     return {
@@ -33,7 +33,8 @@ def make_profile(bundle: Path, manifest: dict[str, Any], raw: dict[str, Any],
             "backend": manifest["backend"]["name"],
             "manifest_sha256": sha256_file(bundle / MANIFEST_NAME),
         },
-        "device": host_facts(),
+        # Measured on a remote device: its own facts, as its run.py reported them.
+        "device": {**raw.get("host", {}), "remote": remote} if remote else host_facts(),
         "runtime": raw["runtime"],
         "settings": {
             "warmup": raw["warmup"],
