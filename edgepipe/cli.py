@@ -21,6 +21,7 @@ from rich.table import Table
 from edgepipe import __version__
 from edgepipe.artifact import StageReport
 from edgepipe.errors import EdgepipeError
+from edgepipe.extras import require
 
 app = typer.Typer(
     name="edgepipe",
@@ -216,6 +217,8 @@ def profile(
                                                   "(default: beside the bundle).")] = None,
     layers: Annotated[bool, typer.Option("--layers", help="Also time each layer (a separate "
                                                           "profiled pass).")] = False,
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="Also write an HTML report with plots to this file.")] = None,
     host: Annotated[str | None, typer.Option(help="Profile on user@device over SSH instead.")] = None,
     port: Annotated[int | None, typer.Option(help="SSH port.")] = None,
     identity: Annotated[Path | None, typer.Option(help="SSH private key.")] = None,
@@ -233,8 +236,15 @@ def profile(
     with _errors_to_exit_codes(debug, as_json):
         remote = None if host is None else RemoteHost(host, port, identity, remote_python,
                                                       tuple(ssh_option or ()))
+        if report is not None:
+            require("matplotlib", "edgepipe profile --report")  # fail before minutes of timing
         path, data = api.profile(bundle, runs=runs, warmup=warmup, threads=threads, out=out,
                                  layers=layers, remote=remote)
+        if report is not None:
+            from edgepipe.profiler.html_report import write_html_report
+
+            write_html_report(data, report)
+            _stderr().print(f"report written to {escape(str(report))}")
         if as_json:
             _print_json(data)
             return

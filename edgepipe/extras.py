@@ -14,6 +14,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "nncf": "openvino",
     "tensorrt": "tensorrt",
     "sklearn": "examples",
+    "matplotlib": "report",
 }
 
 

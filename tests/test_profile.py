@@ -79,3 +79,15 @@ def test_per_layer_times_from_the_runtime_profiler(cli, tmp_path, target):
     assert sum(row["share"] for row in layers) == pytest.approx(1.0, abs=0.01)
     plain = cli("profile", out, "--runs", "2", "--warmup", "0", "--json")
     assert json.loads(plain.stdout)["per_layer"]["available"] is False
+
+
+def test_html_report_has_the_plots(cli, tmp_path):
+    pytest.importorskip("matplotlib")
+    out = tmp_path / "b"
+    assert cli("build", DIGITS, "--target", "onnxruntime-cpu", "--out", out).exit_code == 0
+    report = tmp_path / "report.html"
+    result = cli("profile", out, "--runs", "20", "--warmup", "2", "--layers", "--report", report)
+    assert result.exit_code == 0, result.stderr
+    page = report.read_text()
+    assert page.startswith("<!doctype html>") and page.count("<svg") == 2  # latency + per-layer
+    assert "latency CDF" in page and "slowest layers" in page and "energy" in page
