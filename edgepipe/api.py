@@ -160,8 +160,8 @@ def verify(bundle: Path) -> list[str]:
 
 
 def profile(bundle: Path, *, runs: int = 100, warmup: int = 10, threads: int | None = None,
-            out: Path | None = None, layers: bool = False,
-            remote: RemoteHost | None = None) -> tuple[Path, dict[str, Any]]:
+            out: Path | None = None, layers: bool = False, remote: RemoteHost | None = None,
+            min_duration: float = 0.0) -> tuple[Path, dict[str, Any]]:
     """Time a bundle with its own runner in a fresh process; write profile.json atomically."""
     if runs < 1 or warmup < 0 or (threads is not None and threads < 0):
         raise BadInputError("--runs must be at least 1, --warmup and --threads at least 0")
@@ -169,10 +169,14 @@ def profile(bundle: Path, *, runs: int = 100, warmup: int = 10, threads: int | N
     problems = manifest_io.verify_bundle(bundle)
     if problems:
         raise BadInputError(f"{bundle}: does not match its manifest: {problems[0]}")
+    if min_duration < 0:
+        raise BadInputError("--min-duration must be at least 0")
     if remote is None:
-        raw = run_bundle_benchmark(bundle, runs=runs, warmup=warmup, threads=threads, layers=layers)
+        raw = run_bundle_benchmark(bundle, runs=runs, warmup=warmup, threads=threads, layers=layers,
+                                   min_duration=min_duration)
     else:
-        raw = run_remote_benchmark(bundle, remote, runs=runs, warmup=warmup, threads=threads, layers=layers)
+        raw = run_remote_benchmark(bundle, remote, runs=runs, warmup=warmup, threads=threads, layers=layers,
+                                   min_duration=min_duration)
     data = make_profile(bundle, manifest, raw, threads, remote=remote.host if remote else None)
     out = out or default_profile_path(bundle)
     write_json_atomically(out, data)

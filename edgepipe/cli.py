@@ -208,7 +208,8 @@ def verify(
 @app.command()
 def profile(
     bundle: Annotated[Path, typer.Argument(help="A bundle folder.")],
-    runs: Annotated[int, typer.Option(help="Timed runs.")] = 100,
+    runs: Annotated[int, typer.Option(help="Timed runs (at least).")] = 100,
+    min_duration: Annotated[float, typer.Option(help="...and at least this many seconds of them.")] = 0.0,
     warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 10,
     threads: Annotated[int | None, typer.Option(help="Runtime threads (default: the target's).")]
     = None,
@@ -239,7 +240,7 @@ def profile(
         if report is not None:
             require("matplotlib", "edgepipe profile --report")  # fail before minutes of timing
         path, data = api.profile(bundle, runs=runs, warmup=warmup, threads=threads, out=out,
-                                 layers=layers, remote=remote)
+                                 layers=layers, remote=remote, min_duration=min_duration)
         if report is not None:
             from edgepipe.profiler.html_report import write_html_report
 

@@ -237,6 +237,8 @@ def test_profile_reports_energy_from_the_bundle_runner(tmp_path, digits_bundle):
     assert energy["available"] and energy["inferences"] > 0
     assert energy["mean_active_power_w"] == pytest.approx(10.0, rel=0.3)
     assert energy["joules_per_inference"] >= 0
+    trace = energy["power_trace_w"]
+    assert trace and all(w == pytest.approx(10.0, rel=0.5) for _, w in trace)
 
 
 @pytest.mark.gpu

@@ -91,3 +91,13 @@ def test_html_report_has_the_plots(cli, tmp_path):
     page = report.read_text()
     assert page.startswith("<!doctype html>") and page.count("<svg") == 2  # latency + per-layer
     assert "latency CDF" in page and "slowest layers" in page and "energy" in page
+
+
+def test_min_duration_keeps_timing_past_the_run_count(cli, tmp_path, digits_bundle):
+    result = cli("profile", digits_bundle, "--runs", "3", "--warmup", "0", "--min-duration", "0.3",
+                 "--out", tmp_path / "p.json", "--json")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["settings"]["min_duration_s"] == 0.3
+    assert len(data["latency_ms"]["samples"]) == data["settings"]["runs"] > 3
+    assert sum(data["latency_ms"]["samples"]) / 1000 <= 0.3 + 0.1

@@ -355,7 +355,10 @@ def benchmark(args: argparse.Namespace, bundle: Path, manifest: dict, feed: dict
     for _ in range(args.warmup):
         model.infer(feed)
     latencies = []
-    for _ in range(args.runs):
+    # At least --runs runs, and at least --min-duration seconds of them: fast models need
+    # many runs before the tail percentiles mean anything.
+    deadline = time.perf_counter() + args.min_duration
+    while len(latencies) < args.runs or time.perf_counter() < deadline:
         begin = time.perf_counter_ns()
         model.infer(feed)
         latencies.append((time.perf_counter_ns() - begin) / 1e6)
@@ -372,7 +375,8 @@ def benchmark(args: argparse.Namespace, bundle: Path, manifest: dict, feed: dict
         "load_ms": (loaded - started) / 1e6,
         "first_inference_ms": (first - loaded) / 1e6,
         "warmup": args.warmup,
-        "runs": args.runs,
+        "runs": len(latencies),
+        "min_duration_s": args.min_duration,
         "latencies_ms": latencies,
         "peak_rss_mb": peak_rss_mb(),
         "host": {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "machine": platform.machine(),
@@ -404,6 +408,8 @@ def parse_args(argv: list) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="seed for random inputs")
     parser.add_argument("--benchmark", action="store_true", help="time repeated inference")
     parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--min-duration", type=float, default=0.0,
+                        help="keep timing until this many seconds have passed (and --runs reached)")
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads (default: the target's setting)")

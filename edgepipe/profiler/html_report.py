@@ -49,6 +49,18 @@ def _layer_figure(per_layer: dict[str, Any], top: int = 15) -> str:
     return svg
 
 
+def _power_figure(energy: dict[str, Any]) -> str:
+    pyplot = require("matplotlib.pyplot", "edgepipe profile --report")
+    seconds, watts = zip(*energy["power_trace_w"], strict=True)
+    figure, axes = pyplot.subplots(figsize=(10, 2.8))
+    axes.plot(seconds, watts, color="#70ad47")
+    axes.axhline(energy["idle_power_w"], linestyle=":", color="grey")
+    axes.set(title=f"power while inferring ({energy['meter']}; idle dotted)", xlabel="s", ylabel="W")
+    svg = _svg(figure)
+    pyplot.close(figure)
+    return svg
+
+
 def _table(rows: list[tuple[str, str]]) -> str:
     cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
     return f"<table>{cells}</table>"
@@ -85,7 +97,10 @@ def write_html_report(profile: dict[str, Any], path: Path) -> Path:
         sections += ["<h2>Per layer</h2>", _layer_figure(per_layer)]
     else:
         sections.append("<p>Per-layer times: not measured (profile with <code>--layers</code>).</p>")
-    sections.append("<p>Power trace: the meter's samples are summarised above; no trace is kept.</p>")
+    if energy.get("power_trace_w"):
+        sections += ["<h2>Power</h2>", _power_figure(energy)]
+    else:
+        sections.append("<p>Power trace: no energy meter ran.</p>")
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto}"
              "table{border-collapse:collapse}th,td{padding:4px 12px;text-align:left;"
              "border-bottom:1px solid #ddd}")

@@ -18,9 +18,10 @@ from edgepipe.errors import BackendError, BadInputError, EdgepipeError
 
 def run_bundle_benchmark(bundle: Path, *, runs: int, warmup: int, threads: int | None,
                          python: str = sys.executable, timeout_s: float = 3600,
-                         layers: bool = False) -> dict[str, Any]:
-    command = [python, str(bundle / "run.py"), "--benchmark", "--json",
-               "--runs", str(runs), "--warmup", str(warmup), *(["--layers"] if layers else [])]
+                         layers: bool = False, min_duration: float = 0.0) -> dict[str, Any]:
+    command = [python, str(bundle / "run.py"), "--benchmark", "--json", "--runs", str(runs),
+               "--warmup", str(warmup), "--min-duration", str(min_duration),
+               *(["--layers"] if layers else [])]
     if threads is not None:
         command += ["--threads", str(threads)]
     try:

@@ -80,7 +80,7 @@ def _run(command: list[str], timeout_s: float, host: str) -> subprocess.Complete
 
 
 def run_remote_benchmark(bundle: Path, remote: RemoteHost, *, runs: int, warmup: int, threads: int | None,
-                         layers: bool, timeout_s: float = 3600) -> dict[str, Any]:
+                         layers: bool, min_duration: float = 0.0, timeout_s: float = 3600) -> dict[str, Any]:
     """The bundle's run.py --verify --benchmark on `remote`; its JSON result."""
     made = remote.ssh(f"mktemp -d -t {REMOTE_PREFIX}XXXXXX", 60)
     if made.returncode != 0:
@@ -93,7 +93,7 @@ def run_remote_benchmark(bundle: Path, remote: RemoteHost, *, runs: int, warmup:
         remote.copy_to(bundle, folder, timeout_s)
         target = f"{folder}/{bundle.name}"
         command = [remote.python, f"{target}/run.py", "--bundle", target, "--verify", "--benchmark", "--json",
-                   "--runs", str(runs), "--warmup", str(warmup)]
+                   "--runs", str(runs), "--warmup", str(warmup), "--min-duration", str(min_duration)]
         if threads is not None:
             command += ["--threads", str(threads)]
         if layers:

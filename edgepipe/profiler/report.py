@@ -39,6 +39,7 @@ def make_profile(bundle: Path, manifest: dict[str, Any], raw: dict[str, Any],
         "settings": {
             "warmup": raw["warmup"],
             "runs": raw["runs"],
+            "min_duration_s": raw.get("min_duration_s", 0.0),
             "threads": threads if threads is not None else manifest["backend"]["runtime"].get("threads"),
             "threads_note": "0 means the runtime's default (one per physical core)",
             "batch": batch,

@@ -92,9 +92,12 @@ def measure_window(meter: EnergyMeter, work: Callable[[], int], *, rate_hz: floa
     seconds = trace[-1][0] - trace[0][0]
     joules = _integrate(trace, unwrap)
     added = max(joules - idle_w * seconds, 0.0)
+    power = [(round(t1 - trace[0][0], 4), round(_integrate([(t0, a), (t1, b)], unwrap) / (t1 - t0), 4))
+             for (t0, a), (t1, b) in pairwise(trace) if t1 > t0]
     return {"available": True, "meter": meter.name,
             "joules_per_inference": added / count if count else None,
             "mean_active_power_w": joules / seconds if seconds > 0 else None, "idle_power_w": idle_w,
             "window_s": seconds, "inferences": count, "samples": len(trace), "rate_hz": rate_hz,
             "resolution_j": meter.resolution_j,
+            "power_trace_w": power[:: max(1, len(power) // 500)],  # (seconds, watts), at most ~500 points
             "method": "idle baseline subtracted; counter deltas or trapezoid-integrated power"}
