@@ -141,20 +141,29 @@ def compare_files(baseline_path: Path, new_path: Path, *, metric: str, max_slowd
                   alpha: float) -> dict[str, Any]:
     if not 0 < alpha < 0.5:
         raise BadInputError("--alpha must be between 0 and 0.5")
-    if metric == "energy":
-        raise BadInputError("--metric energy needs per-run energy samples, which this version's "
-                            "profiles do not record yet; compare p50 or p90")
-    if metric not in ("p50", "p90"):
+    if metric not in ("p50", "p90", "energy"):
         raise BadInputError(f"--metric {metric!r}: expected p50, p90 or energy")
     baseline, new = load_profile_json(baseline_path), load_profile_json(new_path)
+    if metric == "energy":
+        samples = []
+        for path, profile in ((baseline_path, baseline), (new_path, new)):
+            energy = profile.get("energy", {})
+            if not energy.get("available") or len(energy.get("samples_j_per_inference", [])) < 5:
+                raise BadInputError(f"{path}: no energy samples to compare "
+                                    f"({energy.get('reason', 'too few segments: profile longer')})")
+            samples.append(energy["samples_j_per_inference"])
     warnings = []
     for key in ("model", "target", "backend"):
         if baseline["bundle"].get(key) != new["bundle"].get(key):
             warnings.append(f"{key} differs: {baseline['bundle'].get(key)} vs {new['bundle'].get(key)}")
     if baseline["device"].get("cpu") != new["device"].get("cpu"):
         warnings.append("profiled on different CPUs: the comparison measures the device, not the model")
-    decision = decide(baseline["latency_ms"]["samples"], new["latency_ms"]["samples"], metric=metric,
-                      max_slowdown=max_slowdown, alpha=alpha)
+    if metric == "energy":  # joules per inference per run segment; the median decides
+        decision = decide(samples[0], samples[1], metric="p50", max_slowdown=max_slowdown, alpha=alpha)
+        decision = Decision(**{**decision.__dict__, "metric": "energy (J/inference, median)"})
+    else:
+        decision = decide(baseline["latency_ms"]["samples"], new["latency_ms"]["samples"], metric=metric,
+                          max_slowdown=max_slowdown, alpha=alpha)
     return {"decision": decision.to_json(), "exit_code": decision.exit_code,
             "samples": {"baseline": len(baseline["latency_ms"]["samples"]),
                         "new": len(new["latency_ms"]["samples"])},

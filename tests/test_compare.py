@@ -19,7 +19,8 @@ def _latencies(median_ms: float, noise: float, n: int = 200, seed: int = 0) -> l
     return list(median_ms * np.exp(rng.normal(0.0, noise, n)))
 
 
-def _profile(path: Path, samples: list[float], cpu: str = "AMD EPYC") -> Path:
+def _profile(path: Path, samples: list[float], cpu: str = "AMD EPYC",
+             energy: list[float] | None = None) -> Path:
     path.write_text(json.dumps({
         "schema": "edgepipe.profile/1",
         "bundle": {"path": "/nonexistent", "model": "m", "target": "onnxruntime-cpu",
@@ -28,7 +29,9 @@ def _profile(path: Path, samples: list[float], cpu: str = "AMD EPYC") -> Path:
         "latency_ms": {"samples": samples},
         "memory": {"peak_rss_mb": 100.0},
         "cold_start_ms": {"total": 50.0},
-        "energy": {"available": False, "reason": "no meter"},
+        "energy": ({"available": True, "meter": "rapl", "joules_per_inference": float(np.median(energy)),
+                    "samples_j_per_inference": energy} if energy
+                   else {"available": False, "reason": "no meter"}),
     }))
     return path
 
@@ -86,7 +89,7 @@ def test_cli_exit_codes_and_json(cli, tmp_path):
 
 @pytest.mark.parametrize(("problem", "message"), [
     ("missing", "no such file"), ("not_json", "not a readable profile.json"),
-    ("wrong_schema", "not an edgepipe profile"), ("energy", "--metric energy needs per-run energy")])
+    ("wrong_schema", "not an edgepipe profile"), ("energy", "no energy samples to compare (no meter)")])
 def test_bad_inputs_are_one_line_errors(cli, tmp_path, problem, message):
     base = _profile(tmp_path / "base.json", _latencies(10, 0.03))
     other = tmp_path / "other.json"
@@ -131,3 +134,15 @@ def test_compare_catches_an_injected_slowdown_in_real_profiles(cli, tmp_path, di
     assert result.exit_code == 1, result.stdout
     assert json.loads(result.stdout)["decision"]["verdict"] == "regression"
     assert cli("compare", tmp_path / "fast.json", tmp_path / "fast.json").exit_code == 0
+
+
+def test_energy_regression_is_caught_from_segment_samples(cli, tmp_path):
+    joules = [_latencies(0.05, 0.05, n=40, seed=seed) for seed in (1, 2)]
+    base = _profile(tmp_path / "base.json", _latencies(10, 0.03), energy=joules[0])
+    same = _profile(tmp_path / "same.json", _latencies(10, 0.03), energy=joules[1])
+    hungry = _profile(tmp_path / "hungry.json", _latencies(10, 0.03),
+                      energy=_latencies(0.065, 0.05, n=40, seed=3))
+    assert cli("compare", base, same, "--metric", "energy").exit_code == 0
+    result = cli("compare", base, hungry, "--metric", "energy", "--json")
+    assert result.exit_code == 1
+    assert json.loads(result.stdout)["decision"]["metric"].startswith("energy")

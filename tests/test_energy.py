@@ -237,8 +237,10 @@ def test_profile_reports_energy_from_the_bundle_runner(tmp_path, digits_bundle):
     assert energy["available"] and energy["inferences"] > 0
     assert energy["mean_active_power_w"] == pytest.approx(10.0, rel=0.3)
     assert energy["joules_per_inference"] >= 0
+    assert energy["samples_j_per_inference"]  # per-segment samples for `compare --metric energy`
     trace = energy["power_trace_w"]
-    assert trace and all(w == pytest.approx(10.0, rel=0.5) for _, w in trace)
+    # Single 50 ms intervals jitter with the simulator's thread scheduling; their median does not.
+    assert trace and sorted(w for _, w in trace)[len(trace) // 2] == pytest.approx(10.0, rel=0.3)
 
 
 @pytest.mark.gpu

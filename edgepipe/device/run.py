@@ -332,12 +332,12 @@ def measure_energy(args: argparse.Namespace, bundle: Path, manifest: dict, model
     except MeterUnavailable as exc:
         return {"available": False, "meter": spec, "reason": str(exc)}
 
-    def work() -> int:
-        count, deadline = 0, time.perf_counter() + args.energy_seconds
-        while time.perf_counter() < deadline or count == 0:
+    def work() -> list:
+        finished, deadline = [], time.perf_counter() + args.energy_seconds
+        while time.perf_counter() < deadline or not finished:
             model.infer(feed)
-            count += 1
-        return count
+            finished.append(time.perf_counter())
+        return finished
 
     try:
         return measure_window(meter, work, idle_s=args.energy_idle_seconds)

@@ -70,12 +70,32 @@ class _Sampler(threading.Thread):
         return self.trace
 
 
-def measure_window(meter: EnergyMeter, work: Callable[[], int], *, rate_hz: float = 20.0,
-                   idle_s: float = 1.0) -> dict:
-    """Run `work` (returns how many inferences it did) while sampling; subtract idle power.
+def _segment_samples(trace: list[tuple[float, Reading]], unwrap, idle_w: float, done_at: list[float],
+                     segment_s: float) -> list[float]:
+    """Joules per inference in consecutive segments of the run: raw samples for `compare`."""
+    import numpy as np
 
-    The idle baseline is measured first for `idle_s` with nothing running, so the result is
-    the energy the inferences added, not what the board burns anyway.
+    times = np.array([t for t, _ in trace])
+    cumulative = np.concatenate([[0.0], np.cumsum([_integrate([a, b], unwrap) for a, b in pairwise(trace)])])
+    done = np.asarray(done_at)
+    samples = []
+    edges = np.arange(times[0], times[-1], segment_s)
+    for start, end in pairwise([*edges, times[-1]]):
+        count = int(((done > start) & (done <= end)).sum())
+        if count and end - start >= segment_s / 2:
+            energy = float(np.interp(end, times, cumulative) - np.interp(start, times, cumulative))
+            samples.append(max(energy - idle_w * (end - start), 0.0) / count)
+    return samples
+
+
+def measure_window(meter: EnergyMeter, work: Callable[[], int | list[float]], *, rate_hz: float = 20.0,
+                   idle_s: float = 1.0, segment_s: float = 0.25) -> dict:
+    """Run `work` while sampling; subtract idle power.
+
+    `work` returns how many inferences it did, or the perf_counter() time each finished, which
+    also yields per-segment joules-per-inference samples (for `edgepipe compare --metric
+    energy`). The idle baseline is measured first for `idle_s` with nothing running, so the
+    result is the energy the inferences added, not what the board burns anyway.
     """
     meter.check()
     unwrap = getattr(meter, "unwrap", lambda a, b: b - a)
@@ -87,8 +107,9 @@ def measure_window(meter: EnergyMeter, work: Callable[[], int], *, rate_hz: floa
     idle_w = _integrate(idle_trace, unwrap) / idle_seconds if idle_seconds > 0 else 0.0
     active = _Sampler(meter, rate_hz)
     active.start()
-    count = work()
+    done = work()
     trace = active.stop()
+    count = len(done) if isinstance(done, list) else done
     seconds = trace[-1][0] - trace[0][0]
     joules = _integrate(trace, unwrap)
     added = max(joules - idle_w * seconds, 0.0)
@@ -100,4 +121,6 @@ def measure_window(meter: EnergyMeter, work: Callable[[], int], *, rate_hz: floa
             "window_s": seconds, "inferences": count, "samples": len(trace), "rate_hz": rate_hz,
             "resolution_j": meter.resolution_j,
             "power_trace_w": power[:: max(1, len(power) // 500)],  # (seconds, watts), at most ~500 points
+            "samples_j_per_inference": _segment_samples(trace, unwrap, idle_w, done, segment_s)
+            if isinstance(done, list) else [],
             "method": "idle baseline subtracted; counter deltas or trapezoid-integrated power"}
