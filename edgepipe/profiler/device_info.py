@@ -4,18 +4,10 @@ from __future__ import annotations
 
 import os
 import platform
-from pathlib import Path
 from typing import Any
 
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Hardware", "Model")):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+# The bundle's runner reports the device the same way; one implementation for both.
+from edgepipe.device.run import cpu_model
 
 
 def host_facts() -> dict[str, Any]:
