@@ -20,6 +20,7 @@ import numpy as np
 
 from edgepipe.artifact import TensorSpec
 from edgepipe.errors import BadInputError, EdgepipeError, first_line
+from edgepipe.parity import cosine
 from edgepipe.preprocessing import ImagePreprocessing
 from edgepipe.python_callable import load_python_callable, split_spec
 from edgepipe.stages.calibration import Feed, LabelledSample, SampleSource, open_samples
@@ -68,13 +69,6 @@ def _sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
     if noise == 0.0:
         return math.inf
     return 10.0 * math.log10(signal / noise) if signal > 0 else -math.inf
-
-
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
-    norm = float(np.linalg.norm(a) * np.linalg.norm(b))
-    if norm == 0.0:
-        return 1.0 if not a.any() and not b.any() else 0.0
-    return float(np.dot(a, b) / norm)
 
 
 def _topk(logits: np.ndarray, label: int, k: int) -> bool:
@@ -143,7 +137,7 @@ class Evaluator:
 
     def score(self, run: Run) -> Scores:
         outputs = _outputs_of(run, self.data)
-        cosines = [min(_cosine(r.ravel(), c.ravel()) for r, c in zip(ref, got, strict=True))
+        cosines = [min(cosine(r.ravel(), c.ravel()) for r, c in zip(ref, got, strict=True))
                    for ref, got in zip(self._float_outputs, outputs, strict=True)]
         ref_all = np.concatenate([r[0].ravel() for r in self._float_outputs]) if outputs else np.zeros(1)
         got_all = np.concatenate([g[0].ravel() for g in outputs]) if outputs else np.zeros(1)
@@ -180,6 +174,6 @@ class Evaluator:
             if self.primary == "top1":
                 values.append(float(_topk(got[0], self.data.samples[index].label, 1)))
             else:
-                values.append(min(_cosine(r.ravel(), g.ravel())
+                values.append(min(cosine(r.ravel(), g.ravel())
                                   for r, g in zip(self._float_outputs[index], got, strict=True)))
         return float(np.mean(values)) if values else 0.0

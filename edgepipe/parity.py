@@ -79,7 +79,7 @@ class ParityReport:
         }
 
 
-def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
     norm = float(np.linalg.norm(a) * np.linalg.norm(b))
     if norm == 0.0:
         # Two all-zero outputs are identical; one all-zero output is not.
@@ -120,7 +120,7 @@ def compare_outputs(reference: Sequence[Feed], candidate: Sequence[Feed], atol: 
             name=name,
             max_abs_diff=float(diff.max()) if diff.size else 0.0,
             mean_abs_diff=float(diff.mean()) if diff.size else 0.0,
-            cosine=_cosine(ref_flat, got_flat),
+            cosine=cosine(ref_flat, got_flat),
             tolerance_ratio=float(ratio.max()) if ratio.size else 0.0,
             top1_agreement=top1,
         ))

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from edgepipe.quantization.qdq_params import read_qdq
+
 Feed = dict[str, np.ndarray]
 
 
@@ -96,8 +98,7 @@ def measure(float_model: Path, qdq_model: Path, samples: Sequence[Feed]) -> list
     import onnxruntime
     from onnx import numpy_helper
 
-    qdq = onnx.load(str(qdq_model))
-    constants = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
+    qdq = read_qdq(qdq_model)
     original = onnx.load(str(float_model))
     float_weights = {i.name: numpy_helper.to_array(i) for i in original.graph.initializer}
     producers = {out: n.name for n in original.graph.node for out in n.output}
@@ -107,30 +108,22 @@ def measure(float_model: Path, qdq_model: Path, samples: Sequence[Feed]) -> list
             consumers.setdefault(name, []).append(node.name)
 
     known = set(producers) | {i.name for i in original.graph.input}
-    activations: dict[str, tuple[np.ndarray, np.ndarray, np.dtype, int | None]] = {}
+    activations = {name: p for name, p in qdq.activations.items() if name in known}
     rows: list[QuantizedTensor] = []
-    for node in qdq.graph.node:
-        if node.op_type == "QuantizeLinear" and node.input[0] not in constants:
-            scale, zero = constants.get(node.input[1]), constants.get(node.input[2])
-            if scale is not None and zero is not None and node.input[0] in known:
-                axis = next((a.i for a in node.attribute if a.name == "axis"), 1) if scale.ndim == 1 else None
-                activations[node.input[0]] = (scale, zero, zero.dtype, axis)
-        elif (node.op_type == "DequantizeLinear" and node.input[0] in constants
-              and constants[node.input[0]].dtype != np.int32):  # int32: a bias, exact enough
-            weight_name = node.input[0].removesuffix("_quantized")
-            reference = float_weights.get(weight_name)
-            if reference is None or len(node.input) < 3:
-                continue
-            scale, zero = constants[node.input[1]], constants[node.input[2]]
-            axis = next((a.i for a in node.attribute if a.name == "axis"), 1) if scale.ndim == 1 else None
-            stored = constants[node.input[0]].astype(np.float64)
-            restored = (stored - _broadcast(zero, axis, reference.ndim)) \
-                * _broadcast(scale, axis, reference.ndim)
-            exact = reference.astype(np.float64)
-            sqnr = _channel_mean_db(_per_channel_power(exact, axis),
-                                     _per_channel_power(exact - restored, axis))
-            rows.append(QuantizedTensor(weight_name, "weight", float(np.max(scale)), 0, sqnr, None,
-                                        tuple(consumers.get(weight_name, ()))))
+    for stored_name, (stored, params) in qdq.weights.items():
+        if stored.dtype == np.int32:  # a bias: exact enough
+            continue
+        weight_name = stored_name.removesuffix("_quantized")
+        reference = float_weights.get(weight_name)
+        if reference is None:
+            continue
+        axis = params.axis
+        restored = (stored.astype(np.float64) - _broadcast(params.zero_point, axis, reference.ndim)) \
+            * _broadcast(params.scale, axis, reference.ndim)
+        exact = reference.astype(np.float64)
+        sqnr = _channel_mean_db(_per_channel_power(exact, axis), _per_channel_power(exact - restored, axis))
+        rows.append(QuantizedTensor(weight_name, "weight", float(np.max(params.scale)), 0, sqnr, None,
+                                    tuple(consumers.get(weight_name, ()))))
 
     if activations and samples:
         wanted = list(activations)
@@ -148,17 +141,19 @@ def measure(float_model: Path, qdq_model: Path, samples: Sequence[Feed]) -> list
             values = dict(zip(wanted, session.run(wanted, {k: v for k, v in feed.items() if k in inputs}),
                               strict=True))
             for name, value in values.items():
-                scale, zero, dtype, q_axis = activations[name]
-                restored = _fake_quant(value.astype(np.float64), scale.astype(np.float64),
-                                       zero.astype(np.float64), dtype, q_axis)
+                params = activations[name]
+                restored = _fake_quant(value.astype(np.float64), params.scale.astype(np.float64),
+                                       params.zero_point.astype(np.float64), params.zero_point.dtype,
+                                       params.axis)
                 axis = _channel_axis(value.ndim)
                 exact = value.astype(np.float64)
                 noise[name] = noise.get(name, 0) + _per_channel_power(exact - restored, axis)
                 signal[name] = signal.get(name, 0) + _per_channel_power(exact, axis)
         for name in wanted:
-            scale, zero, _, _ = activations[name]
+            params = activations[name]
             sqnr = _channel_mean_db(signal[name], noise[name])
-            rows.append(QuantizedTensor(name, "activation", float(np.max(scale)), int(np.max(zero)), sqnr,
+            rows.append(QuantizedTensor(name, "activation", float(np.max(params.scale)),
+                                        int(np.max(params.zero_point)), sqnr,
                                         producers.get(name), tuple(consumers.get(name, ()))))
     return sorted(rows, key=lambda r: r.sqnr_db)
 

@@ -32,21 +32,10 @@ def symmetric_qdq_scales(model_path: Path) -> dict[str, float]:
     onnxruntime gives a Conv's output the range of the ReLU after it, so these, not
     the raw calibration ranges, are what the int8 graph uses; the cache must agree.
     """
-    import numpy as np
-    import onnx
-    from onnx import numpy_helper
+    from edgepipe.quantization.qdq_params import read_qdq
 
-    model = onnx.load(str(model_path))
-    constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
-    scales = {}
-    for node in model.graph.node:
-        if node.op_type != "QuantizeLinear" or node.input[0] in constants or len(node.input) < 3:
-            continue
-        scale, zero = constants.get(node.input[1]), constants.get(node.input[2])
-        if scale is not None and zero is not None and scale.size == 1 and zero.dtype == np.int8 \
-                and int(zero) == 0:
-            scales[node.input[0]] = float(scale)
-    return scales
+    return {name: float(params.scale) for name, params in read_qdq(model_path).activations.items()
+            if params.scale.size == 1 and params.is_symmetric_int8}
 
 
 def write_cache(ranges: dict[str, tuple[float, float]], path: Path, *, tensorrt_version: str,
