@@ -62,6 +62,8 @@ def build(
     inputs: Sequence[str] = (),
     calib: str | Path | None = None,
     eval_data: str | Path | None = None,
+    train: str | Path | None = None,
+    prune_ratio: float | None = None,
     weights: Path | None = None,
     force: bool = False,
     trust_pickle: bool = False,
@@ -74,13 +76,15 @@ def build(
     resolved_target = load_target(target)
     resolved_profile = with_skipped_passes(load_profile(profile or resolved_target.default_profile),
                                            skip_passes)
+    resolved_profile = with_prune_ratio(resolved_profile, prune_ratio)
     overrides = parse_input_specs(inputs)
     target_label = resolved_target.name if target.endswith(".toml") else target
     out = out or Path("dist") / f"{model_name(model)}-{target_label}"
     if resolved_profile.candidates:
         from edgepipe import auto_select
 
-        common = {"inputs": inputs, "eval_data": eval_data, "weights": weights,
+        common = {"inputs": inputs, "eval_data": eval_data, "train": train, "prune_ratio": prune_ratio,
+                  "weights": weights,
                   "trust_pickle": trust_pickle, "skip_passes": skip_passes, "on_stage": on_stage}
         out.parent.mkdir(parents=True, exist_ok=True)
         selection = auto_select.select(build, model, target=resolved_target, target_spec=target,
@@ -110,7 +114,8 @@ def build(
             context = BuildContext(source=source, target=resolved_target, profile=resolved_profile,
                                    inputs=specs, reference=reference, work_dir=staging / "build",
                                    bundle_dir=staging / "bundle", calib=calib_spec,
-                                   eval=str(eval_data) if eval_data is not None else None)
+                                   eval=str(eval_data) if eval_data is not None else None,
+                                   train=str(train) if train is not None else None)
             result = run_stages(context, on_stage)
             manifest = write_bundle(
                 staging / "bundle", source=source, target=resolved_target, target_spec=target,
@@ -152,6 +157,21 @@ def with_skipped_passes(profile: Profile, skip_passes: Sequence[str]) -> Profile
     except ValidationError as exc:
         raise BadInputError(describe_validation_error(exc, "--skip-pass")) from None
     return dataclasses.replace(profile, stage_settings={**profile.stage_settings, "fuse": merged})
+
+
+def with_prune_ratio(profile: Profile, ratio: float | None) -> Profile:
+    """The profile with `--prune-ratio` written into its prune stage's settings."""
+    if ratio is None:
+        return profile
+    if "prune" not in profile.stages:
+        raise BadInputError(f"--prune-ratio: profile '{profile.name}' has no prune stage "
+                            "(try --profile pruned or int8-pruned)")
+    prune = profile.stage_settings["prune"]
+    try:
+        merged = type(prune).model_validate({**prune.model_dump(), "ratio": ratio})
+    except ValidationError as exc:
+        raise BadInputError(describe_validation_error(exc, "--prune-ratio")) from None
+    return dataclasses.replace(profile, stage_settings={**profile.stage_settings, "prune": merged})
 
 
 def verify(bundle: Path) -> list[str]:
@@ -196,6 +216,49 @@ def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def prune_scan(model: str, *, eval_data: str, profile: str = "pruned", ratios: Sequence[float] = (),
+               inputs: Sequence[str] = (), weights: Path | None = None, trust_pickle: bool = False,
+               on_row: Callable[[Any], None] = lambda row: None) -> dict[str, Any]:
+    """Accuracy vs pruning ratio for each prunable layer group, each pruned alone, in eager torch."""
+    from edgepipe.evaluation import Evaluator, open_eval
+    from edgepipe.pruning.scan import choose_ratios, float_primary, scan
+    from edgepipe.pruning.structured import ChannelPlan
+    from edgepipe.reference import torch_runner
+    from edgepipe.stages.prune import STRUCTURED_SOURCES, PruneSettings
+
+    torch = require("torch", "structured pruning")
+    resolved = load_profile(profile)
+    settings = resolved.stage_settings.get("prune")
+    if not isinstance(settings, PruneSettings):
+        raise BadInputError(f"profile '{resolved.name}' has no [prune] table")
+    bad = [r for r in ratios if not 0 < r < 1]
+    if bad:
+        raise BadInputError(f"--ratios: {bad[0]:g} is not between 0 and 1 (exclusive)")
+    source = load_source(model, trust_pickle=trust_pickle, weights=weights)
+    if source.kind not in STRUCTURED_SOURCES:
+        raise BadInputError(f"prune-scan needs a PyTorch nn.Module source; {model} is {source.kind}")
+    overrides = parse_input_specs(inputs)
+    specs = resolve_inputs(source.declared_inputs(overrides), overrides)
+    data = open_eval(eval_data, specs, limit=settings.eval_count, preprocess=settings.preprocess,
+                     seed=settings.seed)
+    evaluator = Evaluator(data, torch_runner(source.module, specs, model))
+    first = data.samples[0].feed if data.samples else None
+    example = tuple(torch.from_numpy(first[s.name].copy()) if first else torch.zeros(s.shape)
+                    for s in specs)
+    plan = ChannelPlan(ratio=0.0, layer_ratios={}, skip=tuple(settings.skip_layers),
+                       keep_first=settings.keep_first_last, round_to=settings.round_to,
+                       importance="l1" if settings.importance == "taylor" else settings.importance,
+                       global_pruning=False)
+    ratios = list(ratios) or settings.scan_ratios
+    rows = scan(source.module, example, specs, plan, ratios, evaluator, on_row=on_row)
+    allowed = {"top1": settings.budget.max_top1_drop, "metric": settings.budget.max_metric_drop,
+               "cosine": 1 - settings.budget.min_cosine}[evaluator.primary]
+    tolerance = settings.scan_tolerance if settings.scan_tolerance is not None else allowed / 2
+    return {"model": model, "eval": data.origin, "primary": evaluator.primary,
+            "float": float_primary(evaluator), "ratios": ratios, "tolerance": tolerance,
+            "rows": [r.to_json() for r in rows], "suggested": choose_ratios(rows, max(ratios), tolerance)}
 
 
 def inspect(spec: str, *, trust_pickle: bool = False) -> dict[str, Any]:

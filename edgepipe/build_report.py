@@ -47,7 +47,7 @@ def _score(scores: dict[str, Any], key: str, fmt: str) -> str:
 def _quantize_section(stage: dict[str, Any]) -> list[str]:
     """Accuracy before/after, fallback and the worst layers of an int8 stage."""
     m = stage["metrics"]
-    if "evaluation" not in m:
+    if stage["stage"] != "quantize" or "evaluation" not in m:
         return []
     evaluation, calibration = m["evaluation"], m["calibration"]
     lines = ["", "### int8 quantization", ""]
@@ -71,6 +71,10 @@ def _quantize_section(stage: dict[str, Any]) -> list[str]:
                      f"{_score(s, 'metric', '.4g')} | {_score(s, 'mean_cosine', '.5f')} | "
                      f"{_score(s, 'min_cosine', '.5f')} | {_score(s, 'sqnr_db', '.1f')} | "
                      f"{_score(s, 'top1_agreement', '.3f')} |")
+    if m.get("latency_ms"):
+        lat = m["latency_ms"]
+        lines += ["", f"Latency on the target's runtime (median of 20 runs in the build process; bench/ "
+                      f"measures properly): float {lat['float']:.4f} ms → int8 {lat['int8']:.4f} ms."]
     budget = m["budget"]
     lines += ["", f"Budget: top-1 drop ≤ {budget['max_top1_drop']:g} points, metric drop ≤ "
               f"{budget['max_metric_drop']:g}, mean cosine ≥ {budget['min_cosine']:g}; on exceed: "
@@ -89,6 +93,65 @@ def _quantize_section(stage: dict[str, Any]) -> list[str]:
         for row in m["worst_layers"]:
             lines.append(f"| `{row['tensor']}` | {row['kind']} | {row['scale']:.4g} | {row['zero_point']} | "
                          f"{row['sqnr_db']} |")
+    return lines
+
+
+def _count(value: float) -> str:
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if value >= size:
+            return f"{value / size:.2f} {unit}"
+    return f"{value:.0f}"
+
+
+def _prune_section(stage: dict[str, Any]) -> list[str]:
+    """Each step of pruning with its accuracy, latency, MACs and size, and the scan table."""
+    if stage["stage"] != "prune":
+        return []
+    m = stage["metrics"]
+    lines = ["", f"### Pruning ({m['method']})", "", f"{m['speed'].capitalize()}.", "",
+             f"Scored on {m['evaluation']['origin']}; latency: {m['latency_note']}.", "",
+             "| model | top-1 % | metric | mean cosine | latency ms | MACs | params | size | compressed "
+             "| weight sparsity |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for step in m["steps"]:
+        s = step["scores"]
+        lines.append(f"| {step['model']} | {_score(s, 'top1', '.2f')} | {_score(s, 'metric', '.4g')} | "
+                     f"{_score(s, 'mean_cosine', '.5f')} | {_metric(step['latency_ms'], '.4f')} | "
+                     f"{_count(step['macs'])} | {_count(step['params'])} | {_size(step['size_bytes'])} | "
+                     f"{_size(step['compressed_bytes'])} | {step['weight_sparsity']:.1%} |")
+    ratios = [f"MACs × {m['macs_ratio']}" if m.get("macs_ratio") is not None else "",
+              f"latency × {m['latency_ratio']}" if m.get("latency_ratio") is not None else ""]
+    lines += ["", "Shipped vs unpruned: " + ", ".join(r for r in ratios if r) + "."]
+    if m.get("finetune"):
+        f = m["finetune"]
+        loss = "" if f["loss_first"] is None else f", loss {f['loss_first']:.4g} → {f['loss_last']:.4g}"
+        lines += ["", f"Distilled from the unpruned model: {f['epochs']} epochs, {f['steps']} steps, "
+                      f"lr {f['lr']:g}, T {f['temperature']:g}, on {f['data']} "
+                      f"({'with' if f['labels_used'] else 'without'} labels){loss}, {f['seconds']:.1f} s."]
+    budget = m["budget"]
+    lines += ["", f"Budget vs unpruned: top-1 drop ≤ {budget['max_top1_drop']:g} points, metric drop ≤ "
+              f"{budget['max_metric_drop']:g}, mean cosine ≥ {budget['min_cosine']:g}; on exceed: "
+              f"{budget['on_exceed']}. Attempts: "
+              + "; ".join(f"ratio {a['ratio']:g} → {'ok' if not a['problems'] else a['problems'][0]}"
+                          for a in m["attempts"]) + "."]
+    if m.get("channels"):
+        before, after = m["channels"]["before"], m["channels"]["after"]
+        changed = [f"{name} {before[name]}→{after.get(name, '?')}" for name in before
+                   if after.get(name) != before[name]]
+        lines += ["", "Channels: " + (", ".join(changed) if changed else "none removed") + "."]
+    if m.get("scan"):
+        scan = m["scan"]
+        ratios = scan["ratios"]
+        lines += ["", f"Sensitivity scan (each group pruned alone, no fine-tuning, {scan['primary']} "
+                      f"drop vs unpruned; tolerance {scan['tolerance']:g}; ratio chosen in bold):", "",
+                  "| layer group | " + " | ".join(f"{r:g}" for r in ratios) + " | chosen |",
+                  "|---|" + "---:|" * (len(ratios) + 1)]
+        by_layer: dict[str, dict[float, float]] = {}
+        for row in scan["rows"]:
+            by_layer.setdefault(row["layer"], {})[row["ratio"]] = row["drop"]
+        for layer, drops in by_layer.items():
+            chosen = scan["chosen"].get(layer, 0.0)
+            cells = [(f"**{drops[r]:.3g}**" if r == chosen else f"{drops[r]:.3g}") for r in ratios]
+            lines.append(f"| `{layer}` | " + " | ".join(cells) + f" | {chosen:g} |")
     return lines
 
 
@@ -118,6 +181,7 @@ def render(manifest: dict[str, Any]) -> str:
         )
     for stage in manifest["stages"]:
         lines += _pass_table(stage)
+        lines += _prune_section(stage)
         lines += _quantize_section(stage)
     budget = manifest["parity_budget"]
     if budget["atol"] is None:

@@ -120,6 +120,11 @@ def build(
     eval_data: Annotated[str | None, typer.Option(
         "--eval", help="Accuracy data for int8: an ImageFolder, an .npz with 'labels', or "
                        "file.py:fn(run) -> float.")] = None,
+    train: Annotated[str | None, typer.Option(
+        help="Fine-tuning data for the prune stage (same forms as --calib; labels used when "
+             "present); default: the calibration data.")] = None,
+    prune_ratio: Annotated[float | None, typer.Option(
+        "--prune-ratio", help="Override the profile's [prune] ratio (0 <= ratio < 1).")] = None,
     weights: Annotated[Path | None, typer.Option(help="State dict for a file.py:factory model.")]
     = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle.")] = False,
@@ -142,7 +147,8 @@ def build(
                 err.print(f"  [yellow]warning:[/] {escape(warning)}", markup=True, highlight=False)
 
         result = api.build(model, target=target, profile=profile, out=out, inputs=inputs or [],
-                           calib=calib, eval_data=eval_data, weights=weights, force=force,
+                           calib=calib, eval_data=eval_data, train=train, prune_ratio=prune_ratio,
+                           weights=weights, force=force,
                            trust_pickle=trust_pickle,
                            skip_passes=skip_pass or [], on_stage=on_stage)
         if as_json:
@@ -155,6 +161,55 @@ def build(
                       f"{summary['size_bytes'] / 2**20:.1f} MiB)")
         console.print(f"parity vs source: max|Δ| {parity['max_abs_diff']:.2e}, "
                       f"cosine {parity['min_cosine']:.6f} on {parity['reference_inputs']}")
+
+
+@app.command("prune-scan")
+def prune_scan(
+    model: Annotated[str, typer.Argument(help="file.py:factory or a pickled module (with --trust-pickle)")],
+    eval_data: Annotated[str, typer.Option("--eval", help="Scoring data: an ImageFolder, an .npz with "
+                                                          "'labels', or file.py:fn(run) -> float.")],
+    ratios: Annotated[str | None, typer.Option(help="Comma-separated ratios (default: the profile's "
+                                                    "scan_ratios).")] = None,
+    profile: Annotated[str, typer.Option("--profile", "-p", help="Profile with a [prune] table.")]
+    = "pruned",
+    inputs: Annotated[list[str] | None, typer.Option("--input", "-i", help="NAME:1x3x224x224[:dtype].")]
+    = None,
+    weights: Annotated[Path | None, typer.Option(help="State dict for a file.py:factory model.")] = None,
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", help="Allow pickled modules.")] = False,
+    as_json: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Accuracy vs pruning ratio per layer group (each pruned alone): where channels are cheap."""
+    from edgepipe import api
+
+    with _errors_to_exit_codes(debug, as_json):
+        try:
+            parsed = [float(r) for r in ratios.split(",")] if ratios else []
+        except ValueError:
+            raise typer.BadParameter(f"--ratios: not a comma-separated list of numbers: {ratios}") from None
+        err = _stderr()
+        result = api.prune_scan(model, eval_data=eval_data, profile=profile, ratios=parsed,
+                                inputs=inputs or [], weights=weights, trust_pickle=trust_pickle,
+                                on_row=lambda row: err.print(f"  {row.layer:<32} {row.ratio:>5.2f}  "
+                                                             f"drop {row.drop:+.4g}"))
+        if as_json:
+            _print_json(result)
+            return
+        table = Table(title=f"{result['primary']} drop vs unpruned ({result['float']:.4g}), "
+                            f"each group pruned alone, no fine-tuning")
+        table.add_column("layer group")
+        for ratio in result["ratios"]:
+            table.add_column(f"{ratio:g}", justify="right")
+        table.add_column("suggested", justify="right")
+        drops: dict[str, dict[float, float]] = {}
+        for row in result["rows"]:
+            drops.setdefault(row["layer"], {})[row["ratio"]] = row["drop"]
+        for layer, by_ratio in drops.items():
+            table.add_row(layer, *(f"{by_ratio[r]:.3g}" for r in result["ratios"]),
+                          f"{result['suggested'][layer]:g}")
+        _stdout().print(table)
+        _stdout().print(f"suggested: largest ratio costing ≤ {result['tolerance']:g} alone; put them in "
+                        "[prune] layer_ratios, or set [prune] scan = true", markup=False)
 
 
 @app.command()

@@ -200,7 +200,7 @@ class AutoSettings(StrictModel):
 class ProfileFile(StrictModel):
     name: str
     description: str
-    extends: str | None = None
+    extends: str | list[str] | None = None
     stages: list[str] = Field(default_factory=lambda: ["export", "lower"])
     accuracy: AccuracyBudget = AccuracyBudget()
     # A profile with candidates builds each, times each on this host and ships the
@@ -260,19 +260,22 @@ def _resolved_profile_data(path: Path, seen: tuple[Path, ...] = ()) -> dict[str,
     if path.resolve() in seen:
         raise BadInputError(f"{path}: 'extends' forms a cycle")
     data = read_toml(path)
-    parent_name = data.get("extends")
-    if parent_name is None:
+    extends = data.get("extends")
+    if extends is None:
         return data
-    if not isinstance(parent_name, str):
-        raise BadInputError(f"{path}: key 'extends': must be a profile name or path")
-    parent_path = _profile_path(parent_name)
-    if not parent_path.is_absolute() and _looks_like_path(parent_name):
-        parent_path = path.parent / parent_name
-    parent = _resolved_profile_data(parent_path, (*seen, path.resolve()))
-    parent.pop("name", None)
-    parent.pop("description", None)
-    parent.pop("extends", None)
-    return _merge(parent, data)
+    names = [extends] if isinstance(extends, str) else extends
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise BadInputError(f"{path}: key 'extends': must be a profile name or path, or a list of them")
+    merged: dict[str, Any] = {}
+    for parent_name in names:  # later parents win, the file itself wins over all
+        parent_path = _profile_path(parent_name)
+        if not parent_path.is_absolute() and _looks_like_path(parent_name):
+            parent_path = path.parent / parent_name
+        parent = _resolved_profile_data(parent_path, (*seen, path.resolve()))
+        for key in ("name", "description", "extends"):
+            parent.pop(key, None)
+        merged = _merge(merged, parent)
+    return _merge(merged, data)
 
 
 def load_profile_file(path: Path) -> Profile:

@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -177,3 +177,28 @@ class Evaluator:
                 values.append(min(cosine(r.ravel(), g.ravel())
                                   for r, g in zip(self._float_outputs[index], got, strict=True)))
         return float(np.mean(values)) if values else 0.0
+
+
+class Budget(Protocol):
+    max_top1_drop: float
+    max_metric_drop: float
+    min_cosine: float
+
+
+def budget_violations(base: Scores, base_metric: float | None, scores: Scores, budget: Budget,
+                      against: str) -> list[str]:
+    """What a candidate breaks of a budget, judged against the model it was derived from."""
+    found = []
+    if base.top1 is not None and scores.top1 is not None:
+        drop = base.top1 - scores.top1
+        if drop > budget.max_top1_drop:
+            found.append(f"top-1 {base.top1:.2f}% -> {scores.top1:.2f}% "
+                         f"(drop {drop:.2f} > {budget.max_top1_drop:g} points)")
+    if base_metric is not None and scores.metric is not None:
+        drop = base_metric - scores.metric
+        if drop > budget.max_metric_drop:
+            found.append(f"metric {base_metric:.4g} -> {scores.metric:.4g} "
+                         f"(drop {drop:.4g} > {budget.max_metric_drop:g})")
+    if scores.mean_cosine is not None and scores.mean_cosine < budget.min_cosine:
+        found.append(f"mean cosine vs {against} {scores.mean_cosine:.4f} < {budget.min_cosine:g}")
+    return found

@@ -10,6 +10,7 @@ from edgepipe.errors import MissingExtraError
 # module name -> the extra that provides it
 EXTRA_OF_MODULE: dict[str, str] = {
     "torch": "torch",
+    "torch_pruning": "torch",
     "openvino": "openvino",
     "nncf": "openvino",
     "tensorrt": "tensorrt",

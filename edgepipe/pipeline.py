@@ -78,7 +78,7 @@ def run_stages(ctx: BuildContext,
         outcome = stage.run(model, settings, ctx, output)
         seconds = perf_counter() - started
         lossy = getattr(stage, "lossy", False)
-        quantized = quantized or lossy
+        quantized = quantized or getattr(stage, "int8", False)
         outputs = outputs_of(outcome.artifact, ctx, quantized)
         if lossy:
             budget = stage.parity_budget(settings, budget)

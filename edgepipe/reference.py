@@ -6,7 +6,7 @@ sources, ONNX Runtime with every graph optimization off for ONNX sources.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -77,26 +77,31 @@ def _flatten_torch_outputs(value: Any, prefix: str = "output") -> list[tuple[str
     raise BadInputError(f"model returned {type(value).__name__}; expected tensors")
 
 
-def torch_outputs(source: SourceModel, specs: tuple[TensorSpec, ...], inputs: list[Feed]) -> list[Feed]:
+def torch_runner(module, specs: tuple[TensorSpec, ...], label: str) -> Callable[[Feed], Feed]:
+    """`run(feed) -> {output name: array}` for a torch module, named as the reference names them."""
     import torch
 
-    module = source.module.module() if source.kind == "exported_program" else source.module
-    results = []
-    with torch.inference_mode():
-        for feed in inputs:
-            args = [torch.from_numpy(np.ascontiguousarray(feed[s.name])) for s in specs]
+    def run(feed: Feed) -> Feed:
+        args = [torch.from_numpy(np.ascontiguousarray(feed[s.name])) for s in specs]
+        with torch.inference_mode():
             try:
                 value = module(*args)
             except Exception as exc:
                 raise BadInputError(
-                    f"{source.spec}: forward pass failed on inputs "
+                    f"{label}: forward pass failed on inputs "
                     f"{ {s.name: list(s.shape) for s in specs} }: {first_line(exc)}"
                 ) from None
-            flat = _flatten_torch_outputs(value)
-            if len(flat) == 1:
-                flat = [("output", flat[0][1])]
-            results.append({name: t.detach().cpu().numpy() for name, t in flat})
-    return results
+        flat = _flatten_torch_outputs(value)
+        if len(flat) == 1:
+            flat = [("output", flat[0][1])]
+        return {name: t.detach().cpu().numpy() for name, t in flat}
+    return run
+
+
+def torch_outputs(source: SourceModel, specs: tuple[TensorSpec, ...], inputs: list[Feed]) -> list[Feed]:
+    module = source.module.module() if source.kind == "exported_program" else source.module
+    run = torch_runner(module, specs, source.spec)
+    return [run(feed) for feed in inputs]
 
 
 def onnx_outputs(model_path: Path, specs: tuple[TensorSpec, ...], inputs: list[Feed]) -> list[Feed]:

@@ -1,7 +1,8 @@
 """Train the digits CNN on scikit-learn's bundled digits (no download) in a few seconds.
 
-Writes `digits_cnn.pt` (a state dict) and `digits_test.npz` (held-out images as
-`input`, float32 1x8x8 each, with `labels`) into --out.
+Writes `digits_cnn.pt` (a state dict), `digits_test.npz` (held-out images as
+`input`, float32 1x8x8 each, with `labels`) and `digits_train.npz` (the training split,
+for the prune stage's `--train`) into --out.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), args.out / "digits_cnn.pt")
     np.savez(args.out / "digits_test.npz", input=x_test, labels=y_test)
+    x_train, y_train, _, _ = load_digits_split()
+    np.savez(args.out / "digits_train.npz", input=x_train, labels=y_train)
     print(f"test accuracy {accuracy:.4f} on {len(y_test)} held-out digits; wrote {args.out}")
 
 

@@ -117,7 +117,10 @@ def trained_digits(tmp_path_factory) -> dict[str, Path | float]:
     model, x_test, y_test, accuracy = train.train(epochs=10)
     torch.save(model.state_dict(), folder / "digits_cnn.pt")
     np.savez(folder / "test.npz", input=x_test, labels=y_test)
-    return {"weights": folder / "digits_cnn.pt", "test": folder / "test.npz", "accuracy": accuracy,
+    x_train, y_train, _, _ = train.load_digits_split(0)
+    np.savez(folder / "train.npz", input=x_train, labels=y_train)
+    return {"weights": folder / "digits_cnn.pt", "test": folder / "test.npz", "train": folder / "train.npz",
+            "accuracy": accuracy,
             "folder": folder}
 
 
@@ -144,5 +147,18 @@ def hostile_onnx(trained_digits, tmp_path_factory) -> Path:
     hostile = hostile_digits(model.eval())
     path = tmp_path_factory.mktemp("hostile") / "hostile.onnx"
     torch.onnx.export(hostile, (torch.rand(1, 1, 8, 8),), str(path), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["logits"])
+    return path
+
+
+@pytest.fixture(scope="session")
+def digits_trained_onnx(trained_digits, tmp_path_factory) -> Path:
+    """The trained digits CNN as a plain ONNX file: an ONNX-only source with real accuracy."""
+    import torch
+
+    model = import_example("digits_cnn").DigitsCNN()
+    model.load_state_dict(torch.load(trained_digits["weights"]))
+    path = tmp_path_factory.mktemp("digits-trained") / "digits.onnx"
+    torch.onnx.export(model.eval(), (torch.rand(1, 1, 8, 8),), str(path), dynamo=False, opset_version=17,
                       input_names=["input"], output_names=["logits"])
     return path

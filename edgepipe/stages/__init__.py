@@ -8,11 +8,13 @@ from edgepipe.stages.base import BuildContext, Stage, StageOutcome
 from edgepipe.stages.export import ExportStage
 from edgepipe.stages.fuse import FuseStage
 from edgepipe.stages.lower import LowerStage
+from edgepipe.stages.prune import PruneStage
 from edgepipe.stages.quantize import QuantizeStage
 
 STAGES: dict[str, type[Stage]] = {
     ExportStage.name: ExportStage,
     FuseStage.name: FuseStage,
+    PruneStage.name: PruneStage,
     QuantizeStage.name: QuantizeStage,
     LowerStage.name: LowerStage,
 }
@@ -28,4 +30,6 @@ def validate_stage_order(stages: Sequence[str]) -> str | None:
         return "the last stage must be 'lower'"
     if len(set(stages)) != len(stages):
         return "a stage is listed twice"
+    if "prune" in stages and "quantize" in stages and stages.index("prune") > stages.index("quantize"):
+        return "'prune' must come before 'quantize' (int8 ranges are calibrated on the final weights)"
     return None

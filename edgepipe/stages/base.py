@@ -27,6 +27,7 @@ class BuildContext:
     bundle_dir: Path  # the lower stage writes the backend artifact here
     calib: str | None = None  # --calib: path, file.py:fn or "random"
     eval: str | None = None  # --eval: path or file.py:fn
+    train: str | None = None  # --train: fine-tuning data for the prune stage
 
 
 @dataclass
@@ -42,7 +43,8 @@ class Stage(Protocol):
     The pipeline times every stage and checks its output against the reference,
     so a stage only transforms. A lossy stage (int8) also defines
     `parity_budget(settings, float_budget)`: the budget it and every later stage
-    are held to, since elementwise float tolerances no longer apply.
+    are held to, since elementwise float tolerances no longer apply. A stage
+    whose output holds int8 (`int8 = True`) is run by the target's own kernels.
     """
 
     name: ClassVar[str]

@@ -66,11 +66,20 @@ def _finish(proto, ctx: BuildContext, output: Path):
     return proto
 
 
-def _export_torch(ctx: BuildContext, settings: ExportSettings):
+def export_module(module, ctx: BuildContext, settings: ExportSettings, output: Path) -> Artifact:
+    """Export a module derived from the source (a pruned copy) exactly as the export stage would."""
+    proto, _, _ = _export_torch(ctx, settings, module)
+    proto = _finish(proto, ctx, output)
+    files = onnx_model.save(proto, output)
+    return Artifact(output, "onnx", ctx.inputs, onnx_model.graph_outputs(proto), tuple(files[1:]))
+
+
+def _export_torch(ctx: BuildContext, settings: ExportSettings, module=None):
     import onnx
 
     torch = require("torch", "exporting a PyTorch model")
     source = ctx.source
+    module = source.module if module is None else module
     exporter = settings.exporter
     notes: list[str] = []
     # Each archive kind has one exporter that reads it; the metrics record which ran.
@@ -90,12 +99,12 @@ def _export_torch(ctx: BuildContext, settings: ExportSettings):
         try:
             if exporter == "dynamo":
                 program = torch.onnx.export(
-                    source.module, args, dynamo=True, opset_version=settings.opset,
+                    module, args, dynamo=True, opset_version=settings.opset,
                     input_names=input_names, output_names=output_names, verbose=False)
                 program.save(str(path))
             else:
                 torch.onnx.export(
-                    source.module, args, str(path), dynamo=False, opset_version=settings.opset,
+                    module, args, str(path), dynamo=False, opset_version=settings.opset,
                     input_names=input_names, output_names=output_names, do_constant_folding=True)
         except Exception as exc:
             raise BadInputError(f"{source.spec}: cannot export to ONNX ({exporter} exporter, "

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
@@ -22,10 +21,16 @@ from pydantic import Field
 
 from edgepipe import onnx_model
 from edgepipe.artifact import Artifact
-from edgepipe.backends import get_backend
 from edgepipe.config import AccuracyBudget
 from edgepipe.errors import BackendError, BadInputError, GateFailedError, first_line
-from edgepipe.evaluation import EvalData, Evaluator, Scores, calibration_eval, open_eval
+from edgepipe.evaluation import (
+    EvalData,
+    Evaluator,
+    Scores,
+    budget_violations,
+    calibration_eval,
+    open_eval,
+)
 from edgepipe.preprocessing import ImagePreprocessing
 from edgepipe.quantization import ranges, sensitivity, tensorrt_cache, transformer
 from edgepipe.quantization.qdq import (
@@ -38,6 +43,7 @@ from edgepipe.quantization.qdq import (
 from edgepipe.settings import StrictModel
 from edgepipe.stages.base import BuildContext, StageOutcome
 from edgepipe.stages.calibration import SampleSource, open_samples
+from edgepipe.target_run import median_latency_ms, target_run
 
 CALIBRATION_CACHE = "calib.cache"
 LOWERING_MIN_COSINE = 0.999  # lowered int8 model vs the quantize stage's own output
@@ -125,31 +131,7 @@ def _pre_process(source: Path, output: Path) -> None:
 
 def _violations(float_scores: Scores, float_metric: float | None, scores: Scores,
                 budget: QuantizeBudget) -> list[str]:
-    found = []
-    if float_scores.top1 is not None and scores.top1 is not None:
-        drop = float_scores.top1 - scores.top1
-        if drop > budget.max_top1_drop:
-            found.append(f"top-1 {float_scores.top1:.2f}% -> {scores.top1:.2f}% "
-                         f"(drop {drop:.2f} > {budget.max_top1_drop:g} points)")
-    if float_metric is not None and scores.metric is not None:
-        drop = float_metric - scores.metric
-        if drop > budget.max_metric_drop:
-            found.append(f"metric {float_metric:.4g} -> {scores.metric:.4g} "
-                         f"(drop {drop:.4g} > {budget.max_metric_drop:g})")
-    if scores.mean_cosine is not None and scores.mean_cosine < budget.min_cosine:
-        found.append(f"mean cosine vs float {scores.mean_cosine:.4f} < {budget.min_cosine:g}")
-    return found
-
-
-@contextmanager
-def _target_run(path: Path, ctx: BuildContext) -> Iterator[Callable[[dict], dict]]:
-    """Run a candidate as the target's backend will (its int8 kernels, its settings):
-    which kernels saturate differs between runtimes and CPUs, so scoring in another
-    runtime would judge a different model."""
-    backend = get_backend(ctx.target.backend)
-    precision = getattr(ctx.profile.stage_settings.get("lower"), "precision", "f32")
-    with backend.onnx_runner(path, ctx.inputs, ctx.target.runtime, precision) as runner:
-        yield runner.infer
+    return budget_violations(float_scores, float_metric, scores, budget, "float")
 
 
 def _fake_quantize_count(path: Path) -> int:
@@ -158,21 +140,11 @@ def _fake_quantize_count(path: Path) -> int:
     return sum(op.get_type_name() == "FakeQuantize" for op in ov.Core().read_model(str(path)).get_ops())
 
 
-def _median_latency_ms(path: Path, ctx: BuildContext, feed: dict, runs: int = 20) -> float:
-    with _target_run(path, ctx) as run:
-        times = []
-        for _ in range(runs + 3):
-            started = perf_counter()
-            run(feed)
-            times.append(perf_counter() - started)
-    times = sorted(times[3:])
-    return 1000 * times[len(times) // 2]
-
-
 class QuantizeStage:
     name = "quantize"
     Settings = QuantizeSettings
     lossy = True
+    int8 = True
 
     @staticmethod
     def parity_budget(settings: QuantizeSettings, float_budget: AccuracyBudget) -> AccuracyBudget:
@@ -201,7 +173,7 @@ class QuantizeStage:
         calibration_seconds = perf_counter() - calibration_started
 
         eval_data = self._eval_data(ctx, settings, source)
-        with _target_run(prepared, ctx) as run:
+        with target_run(prepared, ctx) as run:
             evaluator = Evaluator(eval_data, run)
 
         model_type = settings.model_type
@@ -231,7 +203,7 @@ class QuantizeStage:
             else:
                 write_qdq(prepared, cache, path, scheme=ctx.target.int8, method=settings.method,
                           per_channel=settings.per_channel, exclude=exclude, only=only)
-            with _target_run(path, ctx) as run:
+            with target_run(path, ctx) as run:
                 return _Candidate(path, list(kept_float), evaluator.score(run))
 
         candidate = quantize([], work / f"int8{suffix}")
@@ -308,9 +280,20 @@ class QuantizeStage:
             "fallback": fallback_rows,
             "worst_layers": [row.to_json() for row in layers[:10]],
             "size_bytes": {"float": prepared.stat().st_size, "int8": int8_bytes},
+            "latency_ms": self._latencies(prepared, candidate.path, eval_data, ctx),
             "calibration_cache": cache_scales,
             "seconds_total": round(perf_counter() - started, 3),
         })
+
+    @staticmethod
+    def _latencies(float_path: Path, int8_path: Path, eval_data: EvalData,
+                   ctx: BuildContext) -> dict[str, float] | None:
+        """In-build estimates on the target's runtime, for the report; bench/ measures properly."""
+        if not eval_data.samples:
+            return None
+        feed = eval_data.samples[0].feed
+        return {"float": round(median_latency_ms(float_path, ctx, feed), 4),
+                "int8": round(median_latency_ms(int8_path, ctx, feed), 4)}
 
     @staticmethod
     def _eval_data(ctx: BuildContext, settings: QuantizeSettings, source: SampleSource) -> EvalData:
@@ -357,7 +340,7 @@ class QuantizeStage:
         """
         rows: list[dict[str, Any]] = []
         feed = eval_data.samples[0].feed if eval_data.samples else None
-        latency = _median_latency_ms(candidate.path, ctx, feed) if feed else None
+        latency = median_latency_ms(candidate.path, ctx, feed) if feed else None
         kept: list[str] = []
         while len(rows) < budget.max_fallback:
             layer = next((t for t in layers if any(n not in kept for n in t.nodes)), None)
@@ -366,7 +349,7 @@ class QuantizeStage:
             new_nodes = [n for n in layer.nodes if n not in kept]
             kept += new_nodes
             candidate = quantize(kept, work / f"int8-fallback-{len(rows) + 1}.onnx")
-            new_latency = _median_latency_ms(candidate.path, ctx, feed) if feed else None
+            new_latency = median_latency_ms(candidate.path, ctx, feed) if feed else None
             rows.append({**layer.to_json(), "nodes": new_nodes,
                          "mean_cosine_after": candidate.scores.mean_cosine,
                          "top1_after": candidate.scores.top1,
@@ -392,10 +375,10 @@ class QuantizeStage:
         control = AccuracyControl(items=list(range(len(eval_data.samples))),
                                   validate=evaluator.primary_on, max_drop=max_drop)
         feed = eval_data.samples[0].feed if eval_data.samples else None
-        latency = _median_latency_ms(candidate.path, ctx, feed) if feed else None
+        latency = median_latency_ms(candidate.path, ctx, feed) if feed else None
         before = _fake_quantize_count(candidate.path)
         restored = quantize([], work / "int8-accuracy-control.xml", accuracy=control)
-        new_latency = _median_latency_ms(restored.path, ctx, feed) if feed else None
+        new_latency = median_latency_ms(restored.path, ctx, feed) if feed else None
         removed = before - _fake_quantize_count(restored.path)
         return restored, [{
             "tensor": "nncf.quantize_with_accuracy_control", "kind": "nncf",

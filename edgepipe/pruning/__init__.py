@@ -1,0 +1,1 @@
+"""Pruning: structured channel removal (torch-pruning), distillation, unstructured and 2:4 sparsity."""

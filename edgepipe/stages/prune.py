@@ -1,0 +1,307 @@
+"""Prune: fewer channels (structured: real speed everywhere) or zeroed weights (unstructured, 2:4).
+
+Structured pruning needs the PyTorch module: channels are removed with
+torch-pruning, the smaller model is optionally fine-tuned by distillation from the
+unpruned one, then exported again. Unstructured and 2:4 sparsity work on the ONNX
+graph, so ONNX-only sources can use them. Every step is scored against the
+unpruned model on evaluation data and timed with the target's runtime; a broken
+budget fails the build or backs the ratio off.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from time import perf_counter
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+
+from edgepipe.artifact import Artifact
+from edgepipe.config import AccuracyBudget
+from edgepipe.errors import BadInputError, GateFailedError
+from edgepipe.evaluation import EvalData, Evaluator, Scores, budget_violations, calibration_eval, open_eval
+from edgepipe.preprocessing import ImagePreprocessing
+from edgepipe.pruning import cost, unstructured
+from edgepipe.pruning.distill import Batch, FinetuneSettings, batches, distill, taylor_gradients
+from edgepipe.pruning.scan import choose_ratios, float_primary, primary_value, scan
+from edgepipe.pruning.structured import ChannelPlan, Importance, channel_counts, prune_channels
+from edgepipe.settings import StrictModel
+from edgepipe.stages.base import BuildContext, StageOutcome
+from edgepipe.stages.calibration import RANDOM, LabelledSample, SampleSource, open_samples
+from edgepipe.target_run import median_latency_ms, target_run
+
+Ratio = Annotated[float, Field(ge=0, lt=1)]
+STRUCTURED_SOURCES = ("factory", "pickle")
+
+
+class PruneBudget(StrictModel):
+    """How much pruning may cost against the unpruned model, after fine-tuning."""
+
+    max_top1_drop: float = Field(1.0, ge=0, description="percentage points; needs labelled --eval data")
+    max_metric_drop: float = Field(0.02, ge=0, description="for a --eval file.py:fn metric")
+    min_cosine: float = Field(0.9, ge=-1, le=1, description="mean per-sample cosine vs the unpruned model")
+    on_exceed: Literal["fail", "backoff"] = "fail"
+    backoff_step: float = Field(0.1, gt=0, lt=1, description="ratio taken off per retry")
+
+
+class PruneSettings(StrictModel):
+    method: Literal["structured", "unstructured", "2:4"] = "structured"
+    ratio: Ratio = Field(0.3, description="structured: channels removed per group; "
+                                      "unstructured: weights zeroed")
+    importance: Importance = "l1"
+    global_pruning: bool = Field(False, description="rank channels across layers instead of within each")
+    layer_ratios: dict[str, Ratio] = Field(default_factory=dict, description="module name -> ratio")
+    skip_layers: list[str] = Field(default_factory=list, description="module (structured) or node names")
+    keep_first_last: bool = Field(True, description="the first conv stays whole; the last layer always does")
+    round_to: int | None = Field(None, ge=1, description="channel counts a multiple of this (8/16/32)")
+    scan: bool = Field(False, description="choose per-layer ratios from a sensitivity scan (structured)")
+    scan_ratios: list[Ratio] = Field(default_factory=lambda: [0.25, 0.5, 0.75])
+    scan_tolerance: float | None = Field(None, ge=0, description="per-group drop allowed; default half "
+                                                                 "the budget")
+    train: str | None = Field(None, description="fine-tuning data; --train overrides; default: calibration")
+    eval_count: int = Field(500, ge=1)
+    seed: int = 0
+    preprocess: ImagePreprocessing = ImagePreprocessing()
+    finetune: FinetuneSettings = FinetuneSettings()
+    budget: PruneBudget = PruneBudget()
+
+
+@dataclass
+class _Step:
+    """One model along the way: what it is, how good, how fast, how big."""
+
+    label: str
+    path: Path
+    scores: Scores
+    latency_ms: float | None
+    cost: cost.ModelCost
+
+    def to_json(self) -> dict[str, Any]:
+        return {"model": self.label, "file": self.path.name, "scores": self.scores.to_json(),
+                "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 4),
+                **self.cost.to_json()}
+
+
+def _shuffled(samples: Iterator[LabelledSample], seed: int, window: int = 1024) -> Iterator[LabelledSample]:
+    """A streaming shuffle: a buffer of `window` samples, drawn from at random."""
+    rng = random.Random(seed)
+    buffer: list[LabelledSample] = []
+    for sample in samples:
+        buffer.append(sample)
+        if len(buffer) == window:
+            yield buffer.pop(rng.randrange(len(buffer)))
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class PruneStage:
+    name = "prune"
+    Settings = PruneSettings
+    lossy = True
+
+    @staticmethod
+    def parity_budget(settings: PruneSettings, float_budget: AccuracyBudget) -> AccuracyBudget:
+        """Later float stages (fuse, lowering) must still match the pruned model elementwise."""
+        return float_budget
+
+    def run(self, model: Artifact, settings: PruneSettings, ctx: BuildContext, output: Path) -> StageOutcome:
+        started = perf_counter()
+        work = ctx.work_dir / "prune"
+        work.mkdir(parents=True, exist_ok=True)
+        if settings.method == "structured" and ctx.source.kind not in STRUCTURED_SOURCES:
+            raise BadInputError(
+                f"[prune] method \"structured\" needs a PyTorch nn.Module source (file.py:factory or a "
+                f"pickled module); this {ctx.source.kind} source cannot be re-traced after removing "
+                "channels: use method = \"unstructured\" or \"2:4\"")
+        eval_data = self._eval_data(ctx, settings)
+        with target_run(model.path, ctx) as run:
+            evaluator = Evaluator(eval_data, run)
+        feed = ctx.reference.inputs[0]
+        steps = [self._step("unpruned", model.path, evaluator, ctx, feed)]
+        warnings: list[str] = []
+        metrics: dict[str, Any] = {"method": settings.method, "evaluation": {
+            "origin": eval_data.origin, "samples": len(eval_data.samples), "primary": evaluator.primary}}
+        if settings.method == "structured":
+            final = self._structured(settings, ctx, work, evaluator, feed, steps, metrics, warnings)
+        else:
+            final = self._sparse(model, settings, ctx, work, evaluator, feed, steps, metrics, warnings)
+        shutil.copyfile(final.path, output)
+        if not eval_data.has_labels and eval_data.metric is None:
+            warnings.append(f"no labelled --eval data: only fidelity to the unpruned model was measured "
+                            f"({eval_data.origin})")
+        before, after = steps[0], final
+        metrics.update({
+            "steps": [s.to_json() for s in steps],
+            "macs_ratio": round(after.cost.macs / before.cost.macs, 4) if before.cost.macs else None,
+            "params_ratio": round(after.cost.params / before.cost.params, 4) if before.cost.params else None,
+            "latency_ratio": round(after.latency_ms / before.latency_ms, 4)
+            if before.latency_ms and after.latency_ms else None,
+            "latency_note": "median of 20 runs in the build process, on the target's runtime; bench/ "
+                            "measures properly",
+            "budget": settings.budget.model_dump(mode="json"),
+            "seconds_total": round(perf_counter() - started, 3),
+        })
+        artifact = Artifact(output, "onnx", model.inputs, model.outputs)
+        return StageOutcome(artifact, metrics=metrics, warnings=warnings)
+
+    # ------------------------------------------------------------------ structured
+
+    def _structured(self, settings: PruneSettings, ctx: BuildContext, work: Path, evaluator: Evaluator,
+                    feed: dict, steps: list[_Step], metrics: dict[str, Any], warnings: list[str]) -> _Step:
+        import torch
+
+        from edgepipe.stages.export import export_module
+
+        module = ctx.source.module
+        if not isinstance(module, torch.nn.Module):
+            raise BadInputError(f"[prune] {ctx.source.spec} is not a torch.nn.Module")
+        example = tuple(torch.from_numpy(feed[s.name].copy()) for s in ctx.inputs)
+        export_settings = ctx.profile.stage_settings["export"]
+        train = self._train_source(ctx, settings, warnings)
+
+        def data() -> Iterator[Batch]:
+            assert train is not None
+            samples = _shuffled(train.labelled(settings.finetune.samples), settings.seed)
+            return batches(samples, ctx.inputs, settings.finetune.batch_size)
+
+        plan = ChannelPlan(ratio=settings.ratio, layer_ratios=dict(settings.layer_ratios),
+                           skip=tuple(settings.skip_layers), keep_first=settings.keep_first_last,
+                           round_to=settings.round_to, importance=settings.importance,
+                           global_pruning=settings.global_pruning)
+        gradients = taylor_gradients(data) if train is not None else None
+        if settings.scan:
+            tolerance = settings.scan_tolerance
+            if tolerance is None:
+                tolerance = self._allowed_drop(evaluator, settings.budget) / 2
+            rows = scan(module, example, ctx.inputs, plan, settings.scan_ratios, evaluator, gradients)
+            chosen = choose_ratios(rows, settings.ratio, tolerance)
+            plan = ChannelPlan(**{**plan.__dict__, "layer_ratios": {**chosen, **settings.layer_ratios}})
+            metrics["scan"] = {"ratios": settings.scan_ratios, "tolerance": tolerance,
+                               "primary": evaluator.primary, "float": float_primary(evaluator),
+                               "rows": [r.to_json() for r in rows], "chosen": chosen}
+        attempts: list[dict[str, Any]] = []
+        scale = 1.0
+        while True:
+            attempt = len(attempts) + 1
+            current = ChannelPlan(**{**plan.__dict__, "ratio": plan.ratio * scale,
+                                     "layer_ratios": {k: v * scale for k, v in plan.layer_ratios.items()}})
+            pruned = prune_channels(module, example, current, gradients)
+            path = export_module(pruned, ctx, export_settings, work / f"pruned-{attempt}.onnx").path
+            step = self._step(f"pruned (ratio {current.ratio:.2f})", path, evaluator, ctx, feed)
+            attempt_steps = [step]
+            if settings.finetune.epochs and train is not None:
+                history = distill(pruned, module, data, settings.finetune)
+                path = export_module(pruned, ctx, export_settings, work / f"finetuned-{attempt}.onnx").path
+                step = self._step("pruned + distilled", path, evaluator, ctx, feed)
+                attempt_steps.append(step)
+                metrics["finetune"] = {**history, "data": train.describe(history["samples_per_epoch"])}
+            problems = self._violations(evaluator, step.scores, settings.budget)
+            attempts.append({"ratio": round(current.ratio, 4), "problems": problems,
+                             "score": primary_value(evaluator, step.scores)})
+            if not problems:
+                break
+            next_scale = scale - settings.budget.backoff_step / max(plan.ratio, 1e-9)
+            if settings.budget.on_exceed == "fail" or next_scale <= 1e-6:
+                if settings.budget.on_exceed == "fail":
+                    advice = ("lower [prune] ratio, fine-tune longer ([prune.finetune] epochs), or set "
+                              "[prune.budget] on_exceed = \"backoff\"")
+                    how = ""
+                else:
+                    advice = "fine-tune longer ([prune.finetune] epochs) or relax [prune.budget]"
+                    how = f" even after backing off {len(attempts) - 1} times"
+                raise GateFailedError(f"pruning exceeds the budget{how} (ratio {current.ratio:.2f}): "
+                                      f"{problems[0]}; {advice}")
+            scale = next_scale
+        steps.extend(attempt_steps)
+        metrics.update({"importance": settings.importance, "attempts": attempts,
+                        "channels": {"before": channel_counts(module), "after": channel_counts(pruned)},
+                        "speed": "real: the model has fewer channels, every runtime runs less"})
+        if settings.finetune.epochs and train is None:
+            warnings.append("fine-tuning skipped: no training data (--train, or --calib with real data)")
+        return step
+
+    # ------------------------------------------------------------------ sparse
+
+    def _sparse(self, model: Artifact, settings: PruneSettings, ctx: BuildContext, work: Path,
+                evaluator: Evaluator, feed: dict, steps: list[_Step], metrics: dict[str, Any],
+                warnings: list[str]) -> _Step:
+        pattern = "2:4" if settings.method == "2:4" else "unstructured"
+        sparsity = 0.5 if pattern == "2:4" else settings.ratio
+        attempts: list[dict[str, Any]] = []
+        while True:
+            path = work / f"sparse-{len(attempts) + 1}.onnx"
+            layers = unstructured.sparsify(model.path, path, pattern=pattern, sparsity=sparsity,
+                                           skip=set(settings.skip_layers),
+                                           keep_first_last=settings.keep_first_last)
+            step = self._step(f"{pattern} sparsity {sparsity:.2f}", path, evaluator, ctx, feed)
+            problems = self._violations(evaluator, step.scores, settings.budget)
+            attempts.append({"ratio": round(sparsity, 4), "problems": problems,
+                             "score": primary_value(evaluator, step.scores)})
+            if not problems:
+                break
+            if settings.budget.on_exceed == "fail" or pattern == "2:4" or \
+                    sparsity - settings.budget.backoff_step <= 1e-6:
+                raise GateFailedError(f"{pattern} sparsity exceeds the pruning budget "
+                                      f"(sparsity {sparsity:.2f}): {problems[0]}")
+            sparsity -= settings.budget.backoff_step
+        steps.append(step)
+        dense = [layer for layer in layers if layer.note]
+        metrics.update({
+            "pattern": pattern, "attempts": attempts,
+            "layers": [{"node": x.node, "weight": x.weight, "shape": list(x.shape),
+                        "sparsity": round(x.sparsity, 4), "note": x.note} for x in layers],
+            "speed": "none on dense runtimes: zeros are still multiplied; the compressed size shrinks"
+            + ("; TensorRT on Ampere/Orin runs 2:4 weights on sparse tensor cores (--sparsity=enable)"
+               if pattern == "2:4" else ""),
+        })
+        warnings.append(f"{pattern} sparsity keeps every weight's dense shape: no speed-up on "
+                        f"{ctx.target.backend}; only the compressed bundle is smaller")
+        if dense:
+            warnings.append(f"{len(dense)} layers kept dense: {dense[0].note}")
+        return step
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _step(label: str, path: Path, evaluator: Evaluator, ctx: BuildContext, feed: dict) -> _Step:
+        with target_run(path, ctx) as run:
+            scores = evaluator.score(run)
+        return _Step(label, path, scores, median_latency_ms(path, ctx, feed), cost.measure(path))
+
+    @staticmethod
+    def _allowed_drop(evaluator: Evaluator, budget: PruneBudget) -> float:
+        if evaluator.primary == "top1":
+            return budget.max_top1_drop
+        if evaluator.primary == "metric":
+            return budget.max_metric_drop
+        return 1.0 - budget.min_cosine
+
+    @staticmethod
+    def _violations(evaluator: Evaluator, scores: Scores, budget: PruneBudget) -> list[str]:
+        return budget_violations(evaluator.float_scores, evaluator.float_metric, scores, budget, "unpruned")
+
+    @staticmethod
+    def _train_source(ctx: BuildContext, settings: PruneSettings, warnings: list[str]) -> SampleSource | None:
+        spec = ctx.train or settings.train or ctx.calib
+        if spec is None:
+            return None
+        if spec == RANDOM:
+            warnings.append("no fine-tuning or Taylor ranking on random data (--calib random)")
+            return None
+        return open_samples(spec, ctx.inputs, flag="--train", preprocess=settings.preprocess,
+                            seed=settings.seed, with_labels=True)
+
+    @staticmethod
+    def _eval_data(ctx: BuildContext, settings: PruneSettings) -> EvalData:
+        if ctx.eval is not None:
+            return open_eval(ctx.eval, ctx.inputs, limit=settings.eval_count, preprocess=settings.preprocess,
+                             seed=settings.seed)
+        if ctx.calib is not None and ctx.calib != RANDOM:
+            source = open_samples(ctx.calib, ctx.inputs, preprocess=settings.preprocess, seed=settings.seed)
+            samples = list(source.samples(settings.eval_count))
+            return calibration_eval(iter(samples), f"{source.describe(len(samples))} (calibration data)")
+        return calibration_eval(iter(ctx.reference.inputs), f"{ctx.reference.origin} (parity samples)")

@@ -1,0 +1,37 @@
+"""Run an intermediate ONNX model as the target's backend will, for scoring and timing inside a stage.
+
+Which kernels saturate, and what a removed channel is worth in milliseconds, differ
+between runtimes and CPUs, so stages that judge accuracy or speed do it with the
+target's own backend and settings rather than with whatever runtime is at hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from time import perf_counter
+
+from edgepipe.backends import get_backend
+from edgepipe.stages.base import BuildContext
+from edgepipe.stages.calibration import Feed
+
+
+@contextmanager
+def target_run(path: Path, ctx: BuildContext) -> Iterator[Callable[[Feed], dict]]:
+    backend = get_backend(ctx.target.backend)
+    precision = getattr(ctx.profile.stage_settings.get("lower"), "precision", "f32")
+    with backend.onnx_runner(path, ctx.inputs, ctx.target.runtime, precision) as runner:
+        yield runner.infer
+
+
+def median_latency_ms(path: Path, ctx: BuildContext, feed: Feed, runs: int = 20, warmup: int = 3) -> float:
+    """An in-build estimate (one process, few runs) for reports; bench/ measures properly."""
+    with target_run(path, ctx) as run:
+        times = []
+        for _ in range(runs + warmup):
+            started = perf_counter()
+            run(feed)
+            times.append(perf_counter() - started)
+    times = sorted(times[warmup:])
+    return 1000 * times[len(times) // 2]
