@@ -100,6 +100,8 @@ def distill(student, teacher, data: Callable[[], Iterator[Batch]],
     for epoch in range(settings.epochs):
         student.train()
         for batch in data():
+            if len(batch.inputs[0]) < 2:
+                continue  # a trailing single sample: BatchNorm cannot train on a batch of one
             labelled = labelled or batch.labels is not None
             with torch.no_grad():
                 target = teacher(*batch.inputs)
