@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, run_worker
+from common import add_timing_options, machine, run_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {
@@ -47,10 +47,7 @@ def _candidates(name: str, bundle: Path, args: argparse.Namespace) -> dict[str, 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=10)
+    add_timing_options(parser, rounds=5)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cpu.json")
     args = parser.parse_args()
 

@@ -21,6 +21,9 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_timing_options
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {
     "resnet18": ("examples/models/resnet.py", "resnet18"),
@@ -67,10 +70,7 @@ def _time(path: Path, level: str, args: argparse.Namespace) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=10)
+    add_timing_options(parser, rounds=5)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "fuse.json")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import time_interleaved, write_report
+from common import add_timing_options, time_interleaved, write_report
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = {
@@ -78,10 +78,7 @@ def _fidelity(reference: Path, candidate: Path, inputs: np.ndarray) -> dict[str,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=10)
+    add_timing_options(parser)
     parser.add_argument("--calib", type=int, default=100, help="calibration samples")
     parser.add_argument("--eval", type=int, default=32, help="held-out samples for fidelity")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "int8.json")

@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_int8 import by_hand_quantize_static, images
-from common import ROOT, time_interleaved, write_report
+from common import ROOT, add_timing_options, time_interleaved, write_report
 
 MODELS = {
     "resnet18": "examples/models/resnet.py:resnet18",
@@ -68,10 +68,7 @@ def _fidelity(reference: np.ndarray, got: np.ndarray) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=10)
+    add_timing_options(parser)
     parser.add_argument("--calib", type=int, default=100)
     parser.add_argument("--eval", type=int, default=32)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "openvino.json")

@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, time_interleaved, write_report
+from common import ROOT, add_timing_options, time_interleaved, write_report
 
 MODEL = "examples/models/resnet.py:resnet18"
 TARGETS = {"ort": "onnxruntime-cpu", "openvino": "openvino-cpu"}
@@ -53,10 +53,7 @@ def _build(work: Path, target: str, ratio: float) -> tuple[Path, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.3, 0.5])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--warmup", type=int, default=10)
+    add_timing_options(parser)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "prune.json")
     args = parser.parse_args()
     timing = ["--benchmark", "--json", "--threads", str(args.threads), "--runs", str(args.runs),

@@ -12,6 +12,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def add_timing_options(parser, rounds: int = 3) -> None:
+    """The options every benchmark takes: one thread count for all candidates, interleaved rounds."""
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=rounds)
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=10)
+
+
 def run_worker(command: list[str]) -> dict:
     """Run one candidate's timing process; its last stdout line is a JSON object."""
     done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
