@@ -105,6 +105,10 @@ def build(
         with staging_area(out, force) as staging:
             source = load_source(model, trust_pickle=trust_pickle, weights=weights)
             specs = resolve_inputs(source.declared_inputs(overrides), overrides)
+            if "prune" in resolved_profile.stages:
+                from edgepipe.stages.prune import check_source
+
+                check_source(resolved_profile.stage_settings["prune"], source.kind)
             budget = resolved_profile.accuracy
             calib_spec = str(calib) if calib is not None else _profile_calib(resolved_profile)
             if calib_spec is None and "quantize" in resolved_profile.stages:

@@ -38,6 +38,15 @@ Ratio = Annotated[float, Field(ge=0, lt=1)]
 STRUCTURED_SOURCES = ("factory", "pickle")
 
 
+def check_source(settings: PruneSettings, kind: str) -> None:
+    """Refuse what cannot be pruned before any work is done (the build calls it up front)."""
+    if settings.method == "structured" and kind not in STRUCTURED_SOURCES:
+        raise BadInputError(
+            f"[prune] method \"structured\" needs a PyTorch nn.Module source (file.py:factory or a "
+            f"pickled module); this {kind} source cannot be re-traced after removing "
+            "channels: use method = \"unstructured\" or \"2:4\"")
+
+
 class PruneBudget(StrictModel):
     """How much pruning may cost against the unpruned model, after fine-tuning."""
 
@@ -112,11 +121,7 @@ class PruneStage:
         started = perf_counter()
         work = ctx.work_dir / "prune"
         work.mkdir(parents=True, exist_ok=True)
-        if settings.method == "structured" and ctx.source.kind not in STRUCTURED_SOURCES:
-            raise BadInputError(
-                f"[prune] method \"structured\" needs a PyTorch nn.Module source (file.py:factory or a "
-                f"pickled module); this {ctx.source.kind} source cannot be re-traced after removing "
-                "channels: use method = \"unstructured\" or \"2:4\"")
+        check_source(settings, ctx.source.kind)
         eval_data = self._eval_data(ctx, settings)
         with target_run(model.path, ctx) as run:
             evaluator = Evaluator(eval_data, run)
