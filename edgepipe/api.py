@@ -68,11 +68,17 @@ def build(
     force: bool = False,
     trust_pickle: bool = False,
     skip_passes: Sequence[str] = (),
+    sign: Path | None = None,
     on_stage: Callable[[StageReport], None] = lambda report: None,
     auto_selection: dict[str, Any] | None = None,
 ) -> BuildResult:
     """Compile `model` for `target` into a bundle folder; nothing is left behind on failure."""
     started = perf_counter()
+    signing_key = None
+    if sign is not None:
+        from edgepipe import signing
+
+        signing_key = signing.load_private_key(sign)
     resolved_target = load_target(target)
     resolved_profile = with_skipped_passes(load_profile(profile or resolved_target.default_profile),
                                            skip_passes)
@@ -91,6 +97,7 @@ def build(
                                        profile=resolved_profile, calib=None if calib is None else str(calib),
                                        out=out, **common)
         return build(model, target=target, profile=selection["chosen"], out=out, calib=calib, force=force,
+                     sign=sign,
                      auto_selection={"profile": resolved_profile.name, **selection}, **common)
     backend = get_backend(resolved_target.backend)
     try:
@@ -126,6 +133,10 @@ def build(
                 profile=resolved_profile, result=result, reference=reference,
                 backend_versions=backend.runtime_versions(), seconds=perf_counter() - started,
                 auto_selection=auto_selection)
+            if signing_key is not None:
+                from edgepipe import signing
+
+                signing.sign_bundle(staging / "bundle", signing_key)
             publish(staging, out)
     except OSError as exc:  # a full disk or a vanished folder mid-build: nothing was published
         raise BadInputError(f"cannot write the bundle ({exc.filename or out}): "
@@ -178,9 +189,35 @@ def with_prune_ratio(profile: Profile, ratio: float | None) -> Profile:
     return dataclasses.replace(profile, stage_settings={**profile.stage_settings, "prune": merged})
 
 
-def verify(bundle: Path) -> list[str]:
-    """Differences between a bundle and its manifest; empty when intact."""
-    return manifest_io.verify_bundle(bundle)
+def verify(bundle: Path, pubkey: Path | None = None) -> list[str]:
+    """Differences between a bundle and its manifest (and its signature, given a key); empty when intact."""
+    if pubkey is None:
+        return manifest_io.verify_bundle(bundle)
+    from edgepipe.device.run import RunError, check_signature
+
+    if not (bundle / manifest_io.MANIFEST_NAME).is_file():
+        manifest_io.load_manifest(bundle)  # raises the usual one-line error
+    try:
+        pem = pubkey.read_bytes()
+    except OSError as exc:
+        raise BadInputError(f"--pubkey {pubkey}: cannot read the key ({exc.strerror})") from None
+    require("cryptography", "checking bundle signatures")
+    try:
+        problems = check_signature(bundle, pem, str(pubkey))
+    except RunError as exc:
+        raise BadInputError(str(exc)) from None
+    try:  # a manifest whose signature fails may not even parse: report the signature, exit 1
+        return problems + manifest_io.verify_bundle(bundle)
+    except BadInputError as exc:
+        if problems:
+            return [*problems, str(exc)]
+        raise
+
+
+def keygen(path: Path, force: bool = False) -> tuple[Path, Path]:
+    from edgepipe import signing
+
+    return signing.generate_keypair(path, force)
 
 
 def profile(bundle: Path, *, runs: int = 100, warmup: int = 10, threads: int | None = None,

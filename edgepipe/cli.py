@@ -128,6 +128,8 @@ def build(
     weights: Annotated[Path | None, typer.Option(help="State dict for a file.py:factory model.")]
     = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle.")] = False,
+    sign: Annotated[Path | None, typer.Option(
+        help="Sign the manifest with this Ed25519 private key (from `edgepipe keygen`).")] = None,
     trust_pickle: Annotated[bool, typer.Option(
         "--trust-pickle", help="Allow loading pickled modules (runs code from the file).")] = False,
     skip_pass: Annotated[list[str] | None, typer.Option(
@@ -148,7 +150,7 @@ def build(
 
         result = api.build(model, target=target, profile=profile, out=out, inputs=inputs or [],
                            calib=calib, eval_data=eval_data, train=train, prune_ratio=prune_ratio,
-                           weights=weights, force=force,
+                           weights=weights, force=force, sign=sign,
                            trust_pickle=trust_pickle,
                            skip_passes=skip_pass or [], on_stage=on_stage)
         if as_json:
@@ -161,6 +163,25 @@ def build(
                       f"{summary['size_bytes'] / 2**20:.1f} MiB)")
         console.print(f"parity vs source: max|Δ| {parity['max_abs_diff']:.2e}, "
                       f"cosine {parity['min_cosine']:.6f} on {parity['reference_inputs']}")
+
+
+@app.command()
+def keygen(
+    path: Annotated[Path, typer.Argument(help="Private key file to write; the public key goes to PATH.pub.")],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing key pair.")] = False,
+    as_json: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Make an Ed25519 key pair for `build --sign` and `verify --pubkey`."""
+    from edgepipe import api
+
+    with _errors_to_exit_codes(debug, as_json):
+        private, public = api.keygen(path, force)
+        if as_json:
+            _print_json({"private_key": str(private), "public_key": str(public)})
+            return
+        _stdout().print(f"private key {private} (keep it secret, mode 600); public key {public} "
+                        "(ship it to devices)", markup=False)
 
 
 @app.command("prune-scan")
@@ -241,6 +262,8 @@ def inspect(
 @app.command()
 def verify(
     bundle: Annotated[Path, typer.Argument(help="A bundle folder.")],
+    pubkey: Annotated[Path | None, typer.Option(
+        help="Ed25519 public key: also check the manifest's signature.")] = None,
     as_json: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
@@ -248,14 +271,15 @@ def verify(
     from edgepipe import api
 
     with _errors_to_exit_codes(debug, as_json):
-        problems = api.verify(bundle)
+        problems = api.verify(bundle, pubkey)
         if as_json:
             _print_json({"bundle": str(bundle), "ok": not problems, "problems": problems})
         elif problems:
             for problem in problems:
                 _stderr().print(f"[bold red]mismatch:[/] {escape(problem)}", markup=True, highlight=False)
         else:
-            _stdout().print(f"{bundle}: every file matches the manifest")
+            signed = " and the manifest's signature is valid" if pubkey else ""
+            _stdout().print(f"{bundle}: every file matches the manifest{signed}")
         if problems:
             raise typer.Exit(1)
 

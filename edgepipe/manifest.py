@@ -24,6 +24,7 @@ from edgepipe.errors import BadInputError
 
 SCHEMA = "edgepipe.bundle/1"
 MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "manifest.sig"  # written after the manifest, so not listed in it
 VOLATILE = (
     "build.time",
     "build.host",
@@ -76,7 +77,7 @@ def file_entries(bundle: Path) -> list[dict[str, Any]]:
     entries = []
     for path in sorted(p for p in bundle.rglob("*") if p.is_file()):
         relative = path.relative_to(bundle).as_posix()
-        if relative == MANIFEST_NAME:
+        if relative in (MANIFEST_NAME, SIGNATURE_NAME):
             continue
         entries.append({"path": relative, "sha256": sha256_file(path),
                         "size": path.stat().st_size})
@@ -136,21 +137,13 @@ def load_manifest(bundle: Path) -> dict[str, Any]:
 
 
 def verify_bundle(bundle: Path) -> list[str]:
-    """What differs between the bundle on disk and its manifest; empty when it is intact."""
-    manifest = load_manifest(bundle)
-    problems = []
-    listed = {entry["path"]: entry for entry in manifest.get("files", [])}
-    present = {entry["path"]: entry for entry in file_entries(bundle)}
-    for name, entry in listed.items():
-        found = present.get(name)
-        if found is None:
-            problems.append(f"{name}: missing")
-        elif found["size"] != entry["size"]:
-            problems.append(f"{name}: size {found['size']} bytes, manifest says {entry['size']}")
-        elif found["sha256"] != entry["sha256"]:
-            problems.append(f"{name}: sha256 differs from the manifest")
-    problems.extend(f"{name}: not listed in the manifest" for name in present if name not in listed)
-    return problems
+    """What differs between the bundle on disk and its manifest; empty when it is intact.
+
+    The bundle's run.py holds the one implementation, so the host and the device agree.
+    """
+    from edgepipe.device.run import verify
+
+    return verify(bundle, load_manifest(bundle))
 
 
 def summary(manifest: dict[str, Any], bundle: Path) -> dict[str, Any]:

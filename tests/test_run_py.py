@@ -74,7 +74,7 @@ def test_verify_catches_tampering(bundle_copy):
     model.write_bytes(bytes(data))
     result = run_on_device(bundle_copy, "--verify")
     assert result.returncode == 1
-    assert "model.ort.onnx: differs from the manifest" in result.stderr
+    assert "model.ort.onnx: sha256 differs from the manifest" in result.stderr
 
 
 def test_wrong_input_shape_is_one_line(bundle_copy, tmp_path):

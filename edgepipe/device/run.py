@@ -7,6 +7,7 @@ installed. It re-implements the few checks it needs (hashes, input shapes) for
 that reason.
 
     python run.py --verify
+    python run.py --verify --pubkey release.pub   # also the Ed25519 signature (needs cryptography)
     python run.py --input sample.npz --output out.npz
     python run.py --input photo.jpg        # decoded and preprocessed as at calibration (needs Pillow)
     python run.py --benchmark --runs 100 --warmup 10 --threads 2 --json
@@ -26,6 +27,10 @@ from pathlib import Path
 import numpy as np
 
 SCHEMA = "edgepipe.bundle/1"
+MANIFEST_NAME = "manifest.json"
+SIGNATURE_NAME = "manifest.sig"  # detached Ed25519 signature of manifest.json's exact bytes
+NOT_LISTED = (MANIFEST_NAME, SIGNATURE_NAME)
+PUBKEY_ENV = "EDGEPIPE_PUBKEY"  # a public key file: verify the bundle before every run
 
 
 class RunError(Exception):
@@ -200,20 +205,74 @@ def load_manifest(bundle: Path) -> dict:
     return manifest
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda h=handle: h.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def verify(bundle: Path, manifest: dict) -> list:
+    """Every listed file present and identical, nothing unlisted beside them."""
     problems = []
+    listed = set()
     for entry in manifest["files"]:
+        listed.add(entry["path"])
         path = bundle / entry["path"]
         if not path.is_file():
             problems.append(f"{entry['path']}: missing")
-            continue
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda h=handle: h.read(1 << 20), b""):
-                digest.update(block)
-        if path.stat().st_size != entry["size"] or digest.hexdigest() != entry["sha256"]:
-            problems.append(f"{entry['path']}: differs from the manifest")
+        elif path.stat().st_size != entry["size"]:
+            problems.append(f"{entry['path']}: size {path.stat().st_size} bytes, "
+                            f"manifest says {entry['size']}")
+        elif _sha256(path) != entry["sha256"]:
+            problems.append(f"{entry['path']}: sha256 differs from the manifest")
+    for path in sorted(p for p in bundle.rglob("*") if p.is_file() or p.is_symlink()):
+        name = path.relative_to(bundle).as_posix()
+        if name not in listed and name not in NOT_LISTED:
+            problems.append(f"{name}: not listed in the manifest")
     return problems
+
+
+def key_id(public_raw: bytes) -> str:
+    return hashlib.sha256(public_raw).hexdigest()[:16]
+
+
+def check_signature(bundle: Path, public_key_pem: bytes, key_name: str = "the public key") -> list:
+    """Why manifest.json is not signed by this key, or nothing. Hashes are verify()'s job."""
+    import base64
+
+    try:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    except ImportError:
+        raise RunError("checking a signature needs the cryptography package: pip install cryptography",
+                       3) from None
+    try:
+        public = serialization.load_pem_public_key(public_key_pem)
+    except ValueError:
+        raise RunError(f"{key_name}: not a PEM public key") from None
+    if not isinstance(public, Ed25519PublicKey):
+        raise RunError(f"{key_name}: not an Ed25519 public key")
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    path = bundle / SIGNATURE_NAME
+    if not path.is_file():
+        return [f"{SIGNATURE_NAME}: missing: the bundle is not signed"]
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        signature = base64.b64decode(record["signature"], validate=True)
+        signer = str(record["key_id"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return [f"{SIGNATURE_NAME}: not a signature record written by edgepipe"]
+    if signer != key_id(raw):
+        return [f"{SIGNATURE_NAME}: signed by key {signer}, not by {key_name} ({key_id(raw)})"]
+    try:
+        public.verify(signature, (bundle / MANIFEST_NAME).read_bytes())
+    except InvalidSignature:
+        return [f"{MANIFEST_NAME}: does not match its signature (the manifest or {SIGNATURE_NAME} "
+                "was changed after signing)"]
+    return []
 
 
 def read_inputs(path: Path, specs: list) -> dict:
@@ -318,6 +377,7 @@ def peak_rss_mb() -> float | None:
 def measure_energy(args: argparse.Namespace, bundle: Path, manifest: dict, model, feed: dict) -> dict:
     """Joules per inference from the target's meter (or --energy), or why there are none."""
     spec = args.energy or manifest["target"].get("energy", {}).get("meter", "none")
+    sys.dont_write_bytecode = True  # energy/__pycache__ would be a file the manifest does not list
     sys.path.insert(0, str(bundle))
     try:
         from energy import MeterUnavailable, measure_window, open_meter
@@ -401,6 +461,9 @@ def parse_args(argv: list) -> argparse.Namespace:
     here = Path(__file__).resolve().parent
     parser.add_argument("--bundle", type=Path, default=here, help="bundle folder (default: here)")
     parser.add_argument("--verify", action="store_true", help="check files against the manifest")
+    parser.add_argument("--pubkey", type=Path, default=os.environ.get(PUBKEY_ENV) or None,
+                        help=f"Ed25519 public key: check the signature and every file before running "
+                             f"(default: ${PUBKEY_ENV})")
     parser.add_argument("--input", type=Path,
                         help=".npy/.npz input, or an image when the bundle records preprocessing "
                              "(default: random)")
@@ -433,15 +496,27 @@ def parse_args(argv: list) -> argparse.Namespace:
 def main(argv: list | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
+        if args.pubkey:
+            # The signature first: a tampered manifest must fail as tampered, not as malformed.
+            try:
+                pem = Path(args.pubkey).read_bytes()
+            except OSError as exc:
+                raise RunError(f"{args.pubkey}: cannot read the public key ({exc.strerror})") from None
+            problems = check_signature(args.bundle, pem, str(args.pubkey))
+            for problem in problems:
+                print(f"verify: {problem}", file=sys.stderr)
+            if problems:
+                return 1
         manifest = load_manifest(args.bundle)
-        if args.verify:
+        if args.verify or args.pubkey:
             problems = verify(args.bundle, manifest)
             for problem in problems:
                 print(f"verify: {problem}", file=sys.stderr)
             if problems:
                 return 1
-            if not (args.input or args.benchmark or args.output):
-                print(f"verify: {len(manifest['files'])} files match the manifest")
+            if args.verify and not (args.input or args.benchmark or args.output):
+                signed = " and its signature" if args.pubkey else ""
+                print(f"verify: {len(manifest['files'])} files match the manifest{signed}")
                 return 0
         if manifest["backend"]["name"] not in BACKENDS:
             raise RunError(f"this run.py cannot run backend '{manifest['backend']['name']}'", 3)
