@@ -69,6 +69,8 @@ def build(
     trust_pickle: bool = False,
     skip_passes: Sequence[str] = (),
     sign: Path | None = None,
+    encrypt: bool = False,
+    encrypt_key: Path | None = None,
     on_stage: Callable[[StageReport], None] = lambda report: None,
     auto_selection: dict[str, Any] | None = None,
 ) -> BuildResult:
@@ -79,6 +81,11 @@ def build(
         from edgepipe import signing
 
         signing_key = signing.load_private_key(sign)
+    model_key = None
+    if encrypt or encrypt_key is not None:
+        from edgepipe import encryption
+
+        model_key = encryption.load_key(encrypt_key)
     resolved_target = load_target(target)
     resolved_profile = with_skipped_passes(load_profile(profile or resolved_target.default_profile),
                                            skip_passes)
@@ -97,7 +104,7 @@ def build(
                                        profile=resolved_profile, calib=None if calib is None else str(calib),
                                        out=out, **common)
         return build(model, target=target, profile=selection["chosen"], out=out, calib=calib, force=force,
-                     sign=sign,
+                     sign=sign, encrypt=encrypt, encrypt_key=encrypt_key,
                      auto_selection={"profile": resolved_profile.name, **selection}, **common)
     backend = get_backend(resolved_target.backend)
     try:
@@ -132,7 +139,7 @@ def build(
                 staging / "bundle", source=source, target=resolved_target, target_spec=target,
                 profile=resolved_profile, result=result, reference=reference,
                 backend_versions=backend.runtime_versions(), seconds=perf_counter() - started,
-                auto_selection=auto_selection)
+                auto_selection=auto_selection, encrypt_key=model_key)
             if signing_key is not None:
                 from edgepipe import signing
 
@@ -214,10 +221,15 @@ def verify(bundle: Path, pubkey: Path | None = None) -> list[str]:
         raise
 
 
-def keygen(path: Path, force: bool = False) -> tuple[Path, Path]:
+def keygen(path: Path, kind: str = "ed25519", force: bool = False) -> list[Path]:
+    """An Ed25519 signing pair (PATH, PATH.pub) or an AES-256 model key (PATH)."""
+    if kind == "aes256":
+        from edgepipe import encryption
+
+        return [encryption.generate_key(path, force)]
     from edgepipe import signing
 
-    return signing.generate_keypair(path, force)
+    return list(signing.generate_keypair(path, force))
 
 
 def profile(bundle: Path, *, runs: int = 100, warmup: int = 10, threads: int | None = None,

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from edgepipe import build_report, manifest
+from edgepipe import build_report, encryption, manifest
 from edgepipe.config import Profile, Target
 from edgepipe.onnx_model import save
 from edgepipe.pipeline import PipelineResult
@@ -44,13 +44,15 @@ def _preprocessing(result: PipelineResult, input_name: str) -> dict[str, Any] | 
 def write_bundle(bundle: Path, *, source: SourceModel, target: Target, target_spec: str,
                  profile: Profile, result: PipelineResult, reference: Reference,
                  backend_versions: dict[str, str], seconds: float,
-                 auto_selection: dict[str, Any] | None = None) -> dict[str, Any]:
+                 auto_selection: dict[str, Any] | None = None,
+                 encrypt_key: bytes | None = None) -> dict[str, Any]:
     """Write model.onnx, run.py, report.md and manifest.json beside the backend artifact."""
     _copy_portable(result, bundle)
     shutil.copyfile(RUNNER_SCRIPT, bundle / "run.py")
     (bundle / "energy").mkdir()
     for module in sorted(ENERGY_PACKAGE.glob("*.py")):
         shutil.copyfile(module, bundle / "energy" / module.name)
+    encrypted = encryption.encrypt_bundle(bundle, encrypt_key) if encrypt_key else None
     data: dict[str, Any] = {
         "schema": manifest.SCHEMA,
         "volatile": list(manifest.VOLATILE),
@@ -77,6 +79,7 @@ def write_bundle(bundle: Path, *, source: SourceModel, target: Target, target_sp
         "parity": {"reference_inputs": reference.origin, **result.parity.to_json()},
         "parity_budget": result.budget.model_dump(mode="json"),
         **({"auto": auto_selection} if auto_selection else {}),
+        **({"encryption": encrypted} if encrypted else {}),
         "tools": manifest.tool_versions(backend_versions),
         "build": manifest.build_info(seconds),
         "files": [],

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from edgepipe import __version__
 from edgepipe.artifact import StageReport
-from edgepipe.errors import EdgepipeError
+from edgepipe.errors import BadInputError, EdgepipeError
 from edgepipe.extras import require
 
 app = typer.Typer(
@@ -130,6 +130,11 @@ def build(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle.")] = False,
     sign: Annotated[Path | None, typer.Option(
         help="Sign the manifest with this Ed25519 private key (from `edgepipe keygen`).")] = None,
+    encrypt: Annotated[bool, typer.Option(
+        "--encrypt", help="Encrypt the model files (AES-256-GCM); key from --encrypt-key or "
+                          "$EDGEPIPE_MODEL_KEY, never stored in the bundle.")] = False,
+    encrypt_key: Annotated[Path | None, typer.Option(
+        "--encrypt-key", help="File holding the AES-256 key (64 hex digits); implies --encrypt.")] = None,
     trust_pickle: Annotated[bool, typer.Option(
         "--trust-pickle", help="Allow loading pickled modules (runs code from the file).")] = False,
     skip_pass: Annotated[list[str] | None, typer.Option(
@@ -150,7 +155,8 @@ def build(
 
         result = api.build(model, target=target, profile=profile, out=out, inputs=inputs or [],
                            calib=calib, eval_data=eval_data, train=train, prune_ratio=prune_ratio,
-                           weights=weights, force=force, sign=sign,
+                           weights=weights, force=force, sign=sign, encrypt=encrypt,
+                           encrypt_key=encrypt_key,
                            trust_pickle=trust_pickle,
                            skip_passes=skip_pass or [], on_stage=on_stage)
         if as_json:
@@ -167,21 +173,29 @@ def build(
 
 @app.command()
 def keygen(
-    path: Annotated[Path, typer.Argument(help="Private key file to write; the public key goes to PATH.pub.")],
-    force: Annotated[bool, typer.Option("--force", help="Replace an existing key pair.")] = False,
+    path: Annotated[Path, typer.Argument(help="Key file to write (ed25519: the public key goes to "
+                                              "PATH.pub).")],
+    kind: Annotated[str, typer.Option(help="ed25519 (signing) or aes256 (model encryption).")] = "ed25519",
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing key.")] = False,
     as_json: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
-    """Make an Ed25519 key pair for `build --sign` and `verify --pubkey`."""
+    """Make a key: an Ed25519 pair for `build --sign` / `verify --pubkey`, or an AES-256 key (`--encrypt`)."""
     from edgepipe import api
 
     with _errors_to_exit_codes(debug, as_json):
-        private, public = api.keygen(path, force)
+        if kind not in ("ed25519", "aes256"):
+            raise BadInputError(f"--kind: '{kind}' is not ed25519 or aes256")
+        paths = api.keygen(path, kind, force)
         if as_json:
-            _print_json({"private_key": str(private), "public_key": str(public)})
+            _print_json({"kind": kind, "files": [str(p) for p in paths]})
             return
-        _stdout().print(f"private key {private} (keep it secret, mode 600); public key {public} "
-                        "(ship it to devices)", markup=False)
+        if kind == "aes256":
+            _stdout().print(f"AES-256 key {paths[0]} (mode 600): give it to the build (--encrypt-key) and to "
+                            "the device (run.py --key-file or $EDGEPIPE_MODEL_KEY)", markup=False)
+        else:
+            _stdout().print(f"private key {paths[0]} (keep it secret, mode 600); public key {paths[1]} "
+                            "(ship it to devices)", markup=False)
 
 
 @app.command("prune-scan")
@@ -207,7 +221,7 @@ def prune_scan(
         try:
             parsed = [float(r) for r in ratios.split(",")] if ratios else []
         except ValueError:
-            raise typer.BadParameter(f"--ratios: not a comma-separated list of numbers: {ratios}") from None
+            raise BadInputError(f"--ratios: not a comma-separated list of numbers: {ratios}") from None
         err = _stderr()
         result = api.prune_scan(model, eval_data=eval_data, profile=profile, ratios=parsed,
                                 inputs=inputs or [], weights=weights, trust_pickle=trust_pickle,

@@ -31,6 +31,8 @@ MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.sig"  # detached Ed25519 signature of manifest.json's exact bytes
 NOT_LISTED = (MANIFEST_NAME, SIGNATURE_NAME)
 PUBKEY_ENV = "EDGEPIPE_PUBKEY"  # a public key file: verify the bundle before every run
+KEY_ENV = "EDGEPIPE_MODEL_KEY"  # AES-256 key for encrypted bundles: 64 hex digits, or a file of them
+ENCRYPTED_SUFFIX = ".enc"  # 12-byte nonce, then AES-256-GCM ciphertext and tag; AAD: the plain name
 
 
 class RunError(Exception):
@@ -39,13 +41,59 @@ class RunError(Exception):
         self.exit_code = exit_code
 
 
+# ---------------------------------------------------------------- encrypted models
+
+
+def parse_model_key(text: str, where: str) -> bytes:
+    """A key is 64 hex digits (a file holding them, or the value itself)."""
+    value = text.strip()
+    candidate = Path(value)
+    if len(value) != 64 and candidate.is_file():
+        value = candidate.read_text(encoding="ascii", errors="replace").strip()
+    try:
+        key = bytes.fromhex(value)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise RunError(f"{where}: not an AES-256 key (64 hex digits; `edgepipe keygen --kind aes256`)")
+    return key
+
+
+def model_key_id(key: bytes) -> str:
+    return hashlib.sha256(b"edgepipe model key\0" + key).hexdigest()[:16]
+
+
+def model_bytes(bundle: Path, manifest: dict, name: str, key: bytes | None) -> bytes | None:
+    """The decrypted bytes of an encrypted model file, in memory only; None when it is not encrypted."""
+    encryption = manifest.get("encryption")
+    if not encryption or name not in encryption["files"]:
+        return None
+    if key is None:
+        raise RunError(f"{name} is encrypted: give the key with --key-file or ${KEY_ENV}")
+    if model_key_id(key) != encryption["key_id"]:
+        raise RunError(f"{name} is encrypted with key {encryption['key_id']}, not with the given key "
+                       f"({model_key_id(key)})")
+    try:
+        from cryptography.exceptions import InvalidTag
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    except ImportError:
+        raise RunError("encrypted bundles need the cryptography package: pip install cryptography",
+                       3) from None
+    blob = (bundle / (name + ENCRYPTED_SUFFIX)).read_bytes()
+    try:
+        return AESGCM(key).decrypt(blob[:12], blob[12:], name.encode())
+    except InvalidTag:
+        raise RunError(f"{name}{ENCRYPTED_SUFFIX}: authentication failed (tampered, or renamed from "
+                       "another file)", 1) from None
+
+
 # ---------------------------------------------------------------- backends
 
 
 class OnnxRuntimeModel:
     """The bundle's ONNX Runtime artifact with the target's session settings."""
 
-    def __init__(self, bundle: Path, manifest: dict, threads: int | None) -> None:
+    def __init__(self, bundle: Path, manifest: dict, threads: int | None, key: bytes | None = None) -> None:
         try:
             import onnxruntime as ort
         except ImportError:
@@ -68,9 +116,11 @@ class OnnxRuntimeModel:
             "CPUExecutionProvider"]
         missing = [p for p in settings["providers"] if p not in available]
         path = bundle / manifest["backend"]["artifact"]
-        self._ort, self._options, self._path = ort, options, path
+        # An encrypted model is decrypted into memory and handed to ORT as bytes, never written to disk.
+        self._model = model_bytes(bundle, manifest, path.name, key) or str(path)
+        self._ort, self._options = ort, options
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=self.providers)
+            self.session = ort.InferenceSession(self._model, options, providers=self.providers)
         except Exception as exc:
             raise RunError(f"onnxruntime could not load {path.name}: "
                            f"{str(exc).strip().splitlines()[0]}", 3) from None
@@ -98,7 +148,7 @@ class OnnxRuntimeModel:
         with tempfile.TemporaryDirectory() as folder:
             self._options.enable_profiling = True
             self._options.profile_file_prefix = str(Path(folder) / "ort")
-            session = self._ort.InferenceSession(str(self._path), self._options, providers=self.providers)
+            session = self._ort.InferenceSession(self._model, self._options, providers=self.providers)
             self._options.enable_profiling = False
             for _ in range(runs):
                 session.run(None, feed)
@@ -116,7 +166,7 @@ class OnnxRuntimeModel:
 class OpenVinoModel:
     """The bundle's OpenVINO IR, compiled with the target's settings and the profile's precision."""
 
-    def __init__(self, bundle: Path, manifest: dict, threads: int | None) -> None:
+    def __init__(self, bundle: Path, manifest: dict, threads: int | None, key: bytes | None = None) -> None:
         try:
             import openvino as ov
         except ImportError:
@@ -138,9 +188,16 @@ class OpenVinoModel:
         if settings["device"].split(".")[0] not in {d.split(".")[0] for d in core.available_devices}:
             raise RunError(f"OpenVINO device {settings['device']} is not present "
                            f"(found: {', '.join(core.available_devices)})", 3)
-        self._core, self._path, self._device, self._config = core, path, settings["device"], config
+        xml = model_bytes(bundle, manifest, path.name, key)
+        if xml is None:
+            self._model = str(path)
+        else:  # decrypted into memory: the IR from a string, the weights from a tensor
+            weights = model_bytes(bundle, manifest, path.with_suffix(".bin").name, key) or b""
+            self._model = core.read_model(xml.decode("utf-8"), ov.Tensor(np.frombuffer(weights, np.uint8)))
+            config.pop("CACHE_DIR", None)  # a compiled-model cache would put the weights on disk in clear
+        self._core, self._device, self._config = core, settings["device"], config
         try:
-            compiled = core.compile_model(str(path), settings["device"], config)
+            compiled = core.compile_model(self._model, settings["device"], config)
         except Exception as exc:
             raise RunError(f"OpenVINO could not compile {path.name}: "
                            f"{str(exc).strip().splitlines()[0]}", 3) from None
@@ -160,7 +217,7 @@ class OpenVinoModel:
         """OpenVINO's PERF_COUNT per executed node (a separately compiled model, so the
         timed runs carry no counting overhead)."""
         config = {**self._config, "PERF_COUNT": True}
-        compiled = self._core.compile_model(str(self._path), self._device, config)
+        compiled = self._core.compile_model(self._model, self._device, config)
         request = compiled.create_infer_request()
         totals: dict = {}
         for _ in range(runs):
@@ -408,7 +465,7 @@ def measure_energy(args: argparse.Namespace, bundle: Path, manifest: dict, model
 def benchmark(args: argparse.Namespace, bundle: Path, manifest: dict, feed: dict) -> dict:
     backend = BACKENDS[manifest["backend"]["name"]]
     started = time.perf_counter_ns()
-    model = backend(bundle, manifest, args.threads)
+    model = backend(bundle, manifest, args.threads, args.model_key)
     loaded = time.perf_counter_ns()
     model.infer(feed)
     first = time.perf_counter_ns()
@@ -446,7 +503,7 @@ def benchmark(args: argparse.Namespace, bundle: Path, manifest: dict, feed: dict
 
 
 def run_once(args: argparse.Namespace, bundle: Path, manifest: dict, feed: dict) -> dict:
-    model = BACKENDS[manifest["backend"]["name"]](bundle, manifest, args.threads)
+    model = BACKENDS[manifest["backend"]["name"]](bundle, manifest, args.threads, args.model_key)
     for warning in model.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     outputs = model.infer(feed)
@@ -461,6 +518,8 @@ def parse_args(argv: list) -> argparse.Namespace:
     here = Path(__file__).resolve().parent
     parser.add_argument("--bundle", type=Path, default=here, help="bundle folder (default: here)")
     parser.add_argument("--verify", action="store_true", help="check files against the manifest")
+    parser.add_argument("--key-file", type=Path, default=None,
+                        help=f"AES-256 key of an encrypted bundle (default: ${KEY_ENV})")
     parser.add_argument("--pubkey", type=Path, default=os.environ.get(PUBKEY_ENV) or None,
                         help=f"Ed25519 public key: check the signature and every file before running "
                              f"(default: ${PUBKEY_ENV})")
@@ -508,6 +567,9 @@ def main(argv: list | None = None) -> int:
             if problems:
                 return 1
         manifest = load_manifest(args.bundle)
+        key_text = args.key_file or os.environ.get(KEY_ENV)
+        args.model_key = None if key_text is None else parse_model_key(
+            str(key_text), "--key-file" if args.key_file else f"${KEY_ENV}")
         if args.verify or args.pubkey:
             problems = verify(args.bundle, manifest)
             for problem in problems:
