@@ -39,6 +39,8 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise BadInputError(f"{path}: no such file") from None
     except tomllib.TOMLDecodeError as exc:
         raise BadInputError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise BadInputError(f"{path}: not UTF-8 text, so not a TOML file") from None
     except OSError as exc:
         raise BadInputError(f"{path}: cannot read: {exc.strerror}") from None
 

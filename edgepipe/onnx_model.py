@@ -49,6 +49,8 @@ def check_external_data_paths(model: onnx.ModelProto, model_path: Path) -> list[
     base = model_path.resolve().parent
     files = []
     for location in sorted(set(_external_locations(model))):
+        if (base / location).is_symlink():  # it could be re-pointed after this check: never follow one
+            raise BadInputError(f"{model_path}: external data location '{location}' is a symlink; refused")
         candidate = (base / location).resolve()
         if Path(location).is_absolute() or not candidate.is_relative_to(base):
             raise BadInputError(
@@ -59,6 +61,28 @@ def check_external_data_paths(model: onnx.ModelProto, model_path: Path) -> list[
             raise BadInputError(f"{model_path}: external data file '{location}' is missing")
         files.append(candidate)
     return files
+
+
+def _check_structure(model: onnx.ModelProto, path: Path) -> None:
+    """What the ONNX checker lets through but every later tool trips over."""
+    if not model.graph.output:
+        raise BadInputError(f"{path}: the graph declares no outputs")
+    newest = onnx.defs.onnx_opset_version()
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx") and opset.version > newest:
+            raise BadInputError(f"{path}: opset {opset.version} is newer than this onnx package knows "
+                                f"({newest}); export with opset <= {newest}")
+    names = [model.graph.name, *(n.name for n in model.graph.node),
+             *(t for n in model.graph.node for t in (*n.input, *n.output)),
+             *(t.name for t in model.graph.initializer),
+             *(v.name for v in (*model.graph.input, *model.graph.output, *model.graph.value_info))]
+    for name in names:
+        try:
+            name.decode("utf-8") if isinstance(name, bytes) else name.encode("utf-8")
+        except UnicodeError:
+            shown = name.decode("utf-8", "backslashreplace") if isinstance(name, bytes) else \
+                name.encode("utf-8", "backslashreplace").decode()
+            raise BadInputError(f"{path}: name '{shown}' is not valid UTF-8") from None
 
 
 def load_checked(path: Path) -> onnx.ModelProto:
@@ -73,6 +97,7 @@ def load_checked(path: Path) -> onnx.ModelProto:
         raise BadInputError(f"{path}: not a valid ONNX model ({first_line(exc)})") from None
     if not model.HasField("graph") or not model.graph.node or not model.opset_import:
         raise BadInputError(f"{path}: not a valid ONNX model (no graph, nodes or opset)")
+    _check_structure(model, path)
     check_external_data_paths(model, path)
     try:
         external_data_helper.load_external_data_for_model(model, str(path.resolve().parent))

@@ -89,7 +89,24 @@ def resolve_inputs(
             )
         resolved.append(TensorSpec(spec.name, override.shape, spec.dtype,
                                    layout_guess(override.shape)))
+    for spec in resolved:
+        _check_size(spec)
     return tuple(resolved)
+
+
+# One input of more elements than this (2**31: 8 GiB of float32) is a corrupt or hostile
+# shape, not an edge model; refusing it beats an allocation failure deep inside a runtime.
+MAX_INPUT_ELEMENTS = 2**31
+
+
+def _check_size(spec: TensorSpec) -> None:
+    count = 1
+    for dim in spec.shape:
+        count *= int(dim)
+    if count > MAX_INPUT_ELEMENTS:
+        raise BadInputError(f"input '{spec.name}': shape {_show(spec.shape)} holds {count:.3g} elements "
+                            f"(more than {MAX_INPUT_ELEMENTS:.3g}); give a real one with --input "
+                            f"{spec.name}:...")
 
 
 def _show(shape: Sequence[int | str]) -> str:

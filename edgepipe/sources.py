@@ -67,6 +67,26 @@ class SourceModel:
         )
 
 
+# A torch archive holds float weights, which barely compress; a member that inflates
+# a hundredfold to more than this is a decompression bomb, refused before anything reads it.
+BOMB_RATIO = 100
+BOMB_MIN_BYTES = 64 * 2**20
+
+
+def _zip_names_checked(path: Path) -> list[str]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise BadInputError(f"{path}: not a readable zip archive ({first_line(exc)})") from None
+    for member in members:
+        if member.file_size > BOMB_MIN_BYTES and member.file_size > BOMB_RATIO * max(member.compress_size, 1):
+            raise BadInputError(
+                f"{path}: refused: member '{member.filename}' inflates {member.compress_size} bytes to "
+                f"{member.file_size} (more than {BOMB_RATIO}:1), which model weights never do")
+    return [member.filename for member in members]
+
+
 def _sha256_of(files: Sequence[Path], extra: str = "") -> str:
     digest = hashlib.sha256(extra.encode())
     for path in files:
@@ -98,7 +118,7 @@ def load_source(spec: str, *, trust_pickle: bool = False, weights: Path | None =
     if path.suffix == ".onnx":
         return _load_onnx(spec, path)
     if zipfile.is_zipfile(path):
-        names = zipfile.ZipFile(path).namelist()
+        names = _zip_names_checked(path)
         if any(n.endswith("/archive_format") for n in names):
             return _load_exported_program(spec, path)
         if any("/code/" in n for n in names):

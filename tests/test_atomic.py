@@ -61,3 +61,24 @@ def test_interrupt_in_the_middle_leaves_nothing(tmp_path):
     assert process.returncode == 130, stderr
     assert "interrupted" in stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_killed_during_lower_the_previous_bundle_is_intact(tmp_path):
+    """SIGKILL (no cleanup runs at all) while a --force rebuild is lowering."""
+    out = tmp_path / "resnet18-cpu"
+    first = subprocess.run([sys.executable, "-m", "edgepipe", "build", RESNET18, "--target", "onnxruntime-cpu",
+                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert first.returncode == 0, first.stderr
+    before = (out / "manifest.json").read_bytes()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgepipe", "build", RESNET18, "--target", "onnxruntime-cpu", "--force",
+         "--out", str(out)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    for line in process.stderr:  # a stage line is printed when the stage is done
+        if "fuse" in line:
+            break  # lowering has started
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=120)
+    assert process.returncode == -signal.SIGKILL
+    assert (out / "manifest.json").read_bytes() == before
+    assert verify_bundle(out) == []

@@ -121,13 +121,22 @@ def check_sample(where: str, spec: TensorSpec, array: Any) -> np.ndarray:
     if spec.is_static and tuple(array.shape) != tuple(int(d) for d in spec.shape):
         raise BadInputError(f"{where}: '{spec.name}' has shape {list(array.shape)}, the model "
                             f"expects {list(spec.shape)}")
+    _check_finite(where, spec, array)
     return np.ascontiguousarray(array)
+
+
+def _check_finite(where: str, spec: TensorSpec, array: np.ndarray) -> None:
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        bad = "NaN" if np.isnan(array).any() else "infinite"
+        raise BadInputError(f"{where}: '{spec.name}' holds {bad} values; calibration and parity need "
+                            "finite inputs")
 
 
 def _as_stack(path: Path, spec: TensorSpec, array: np.ndarray) -> np.ndarray:
     shape = tuple(int(d) for d in spec.shape)
     if array.dtype.name != spec.dtype:
         check_sample(str(path), spec, array)  # raises the dtype message
+    _check_finite(str(path), spec, array)
     if tuple(array.shape) == shape:
         return array[None]
     if tuple(array.shape[1:]) == shape:
