@@ -49,7 +49,9 @@ def staging_area(out: Path, force: bool) -> Iterator[Path]:
     created = _missing_folders(parent)
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
+        _remove_stale_staging(out)
+        # The pid in the name lets a later build tell a dead build's leftovers from a running one's.
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=parent))
     except OSError as exc:
         blocker = next((p for p in (parent, *parent.parents) if p.exists() and not p.is_dir()), None)
         reason = f"{blocker} is not a folder" if blocker else (exc.strerror or str(exc))
@@ -79,10 +81,53 @@ def _missing_folders(path: Path) -> list[Path]:
     return missing
 
 
+def _remove_stale_staging(out: Path) -> None:
+    """Staging folders of builds that were killed (SIGKILL, power loss) and so never cleaned up."""
+    for folder in out.parent.glob(f".{out.name}.*.tmp"):
+        pid_text = folder.name[len(out.name) + 2:].split(".", 1)[0]
+        ours = any(folder.glob(f"*/{BUILD_MARKER}"))  # build/ or previous-NAME.build/
+        if not pid_text.isdigit() or not ours:
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+            continue  # that build is still running
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:
+            continue  # alive, someone else's
+
+
+def _exchange(source: Path, destination: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where unsupported.
+
+    Written by hand because os.rename cannot swap and no maintained package wraps
+    renameat2: with it there is no instant at which the bundle path is missing.
+    """
+    import ctypes
+    import ctypes.util
+
+    if not hasattr(os, "uname") or os.uname().sysname != "Linux":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(source), at_fdcwd, os.fsencode(destination), rename_exchange) == 0
+
+
 def publish(staging: Path, out: Path) -> None:
-    """Move the staged bundle and intermediates into place, replacing earlier ones."""
+    """Move the staged bundle and intermediates into place, replacing earlier ones.
+
+    An existing bundle is swapped with the new one atomically where the OS can (the old
+    one lands in the staging folder, which is then removed), else moved aside first.
+    """
     check_output(out, force=True)
     for source, destination in ((staging / "bundle", out), (staging / "build", build_dir_for(out))):
         if destination.exists():
+            if _exchange(source, destination):
+                os.rename(source, staging / f"previous-{destination.name}")
+                continue
             os.rename(destination, staging / f"previous-{destination.name}")
         os.rename(source, destination)

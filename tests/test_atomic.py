@@ -8,8 +8,10 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from edgepipe.manifest import verify_bundle
-from tests.conftest import RESNET18, ROOT, assert_one_line_error
+from tests.conftest import DIGITS, RESNET18, ROOT, assert_one_line_error
 
 
 def test_existing_output_needs_force(cli, tmp_path, digits_onnx):
@@ -66,8 +68,9 @@ def test_interrupt_in_the_middle_leaves_nothing(tmp_path):
 def test_killed_during_lower_the_previous_bundle_is_intact(tmp_path):
     """SIGKILL (no cleanup runs at all) while a --force rebuild is lowering."""
     out = tmp_path / "resnet18-cpu"
-    first = subprocess.run([sys.executable, "-m", "edgepipe", "build", RESNET18, "--target", "onnxruntime-cpu",
-                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, check=False)
+    first = subprocess.run([sys.executable, "-m", "edgepipe", "build", RESNET18, "--target",
+                            "onnxruntime-cpu", "--out", str(out)],
+                           cwd=ROOT, capture_output=True, text=True, check=False)
     assert first.returncode == 0, first.stderr
     before = (out / "manifest.json").read_bytes()
     process = subprocess.Popen(
@@ -82,3 +85,23 @@ def test_killed_during_lower_the_previous_bundle_is_intact(tmp_path):
     assert process.returncode == -signal.SIGKILL
     assert (out / "manifest.json").read_bytes() == before
     assert verify_bundle(out) == []
+    stale = list(tmp_path.glob(".resnet18-cpu.*.tmp"))
+    assert len(stale) == 1  # SIGKILL: nothing could clean up
+    again = subprocess.run([sys.executable, "-m", "edgepipe", "build", DIGITS, "--target",
+                            "onnxruntime-cpu", "--force", "--out", str(out)],
+                           cwd=ROOT, capture_output=True, text=True, check=False)
+    assert again.returncode == 0, again.stderr
+    assert not list(tmp_path.glob(".resnet18-cpu.*.tmp"))  # the dead build's leftovers are gone
+    assert verify_bundle(out) == [] and (out / "manifest.json").read_bytes() != before
+
+
+def test_publish_swaps_an_existing_bundle_in_one_step(tmp_path):
+    from edgepipe.staging import _exchange
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "new").write_text("new")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "old").write_text("old")
+    if not _exchange(tmp_path / "a", tmp_path / "b"):
+        pytest.skip("renameat2(RENAME_EXCHANGE) is not available here")
+    assert (tmp_path / "b" / "new").is_file() and (tmp_path / "a" / "old").is_file()
