@@ -276,10 +276,9 @@ def prune_scan(model: str, *, eval_data: str, profile: str = "pruned", ratios: S
                on_row: Callable[[Any], None] = lambda row: None) -> dict[str, Any]:
     """Accuracy vs pruning ratio for each prunable layer group, each pruned alone, in eager torch."""
     from edgepipe.evaluation import Evaluator, open_eval
-    from edgepipe.pruning.scan import choose_ratios, float_primary, scan
-    from edgepipe.pruning.structured import ChannelPlan
+    from edgepipe.pruning.scan import choose_ratios, scan
     from edgepipe.reference import torch_runner
-    from edgepipe.stages.prune import STRUCTURED_SOURCES, PruneSettings
+    from edgepipe.stages.prune import STRUCTURED_SOURCES, PruneSettings, channel_plan, scan_tolerance
 
     torch = require("torch", "structured pruning")
     resolved = load_profile(profile)
@@ -300,17 +299,14 @@ def prune_scan(model: str, *, eval_data: str, profile: str = "pruned", ratios: S
     first = data.samples[0].feed if data.samples else None
     example = tuple(torch.from_numpy(first[s.name].copy()) if first else torch.zeros(s.shape)
                     for s in specs)
-    plan = ChannelPlan(ratio=0.0, layer_ratios={}, skip=tuple(settings.skip_layers),
-                       keep_first=settings.keep_first_last, round_to=settings.round_to,
-                       importance="l1" if settings.importance == "taylor" else settings.importance,
-                       global_pruning=False)
+    # Each group is varied alone; magnitude ranks channels (no data for Taylor gradients here).
+    plan = dataclasses.replace(channel_plan(settings), ratio=0.0, layer_ratios={}, global_pruning=False,
+                   importance="l1" if settings.importance == "taylor" else settings.importance)
     ratios = list(ratios) or settings.scan_ratios
     rows = scan(source.module, example, specs, plan, ratios, evaluator, on_row=on_row)
-    allowed = {"top1": settings.budget.max_top1_drop, "metric": settings.budget.max_metric_drop,
-               "cosine": 1 - settings.budget.min_cosine}[evaluator.primary]
-    tolerance = settings.scan_tolerance if settings.scan_tolerance is not None else allowed / 2
+    tolerance = scan_tolerance(settings, evaluator.primary)
     return {"model": model, "eval": data.origin, "primary": evaluator.primary,
-            "float": float_primary(evaluator), "ratios": ratios, "tolerance": tolerance,
+            "float": evaluator.float_primary, "ratios": ratios, "tolerance": tolerance,
             "rows": [r.to_json() for r in rows], "suggested": choose_ratios(rows, max(ratios), tolerance)}
 
 

@@ -26,11 +26,9 @@ ALGORITHM = "AES-256-GCM"
 def load_key(path: Path | None) -> bytes:
     """The key from --encrypt-key FILE, else from $EDGEPIPE_MODEL_KEY; never stored in the bundle."""
     if path is not None:
-        try:
-            text = path.read_text(encoding="ascii", errors="replace")
-        except OSError as exc:
-            raise BadInputError(f"--encrypt-key {path}: cannot read the key ({exc.strerror})") from None
-        where = f"--encrypt-key {path}"
+        if not path.is_file():
+            raise BadInputError(f"--encrypt-key {path}: no such file")
+        text, where = str(path), f"--encrypt-key {path}"  # parse_model_key reads the file
     else:
         text = os.environ.get(KEY_ENV, "")
         if not text:

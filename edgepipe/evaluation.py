@@ -63,6 +63,18 @@ def calibration_eval(samples: Iterator[Feed], origin: str) -> EvalData:
     return EvalData(origin=origin, samples=[LabelledSample(feed, None) for feed in samples])
 
 
+def eval_data_for(eval_spec: str | None, calibration: SampleSource | None, specs: tuple[TensorSpec, ...], *,
+                  limit: int, preprocess: ImagePreprocessing | None, seed: int) -> EvalData | None:
+    """`--eval` data where given, else up to `limit` calibration samples (64 if they are random,
+    which only measure fidelity), else None."""
+    if eval_spec is not None:
+        return open_eval(eval_spec, specs, limit=limit, preprocess=preprocess, seed=seed)
+    if calibration is None:
+        return None
+    samples = list(calibration.samples(min(limit, 64) if calibration.is_random else limit))
+    return calibration_eval(iter(samples), f"{calibration.describe(len(samples))} (calibration data)")
+
+
 def _sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
     noise = float(np.sum((reference - candidate) ** 2))
     signal = float(np.sum(reference ** 2))
@@ -164,6 +176,21 @@ class Evaluator:
             return "top1"
         return "metric" if self.data.metric is not None else "cosine"
 
+    def primary_value(self, scores: Scores) -> float:
+        """The primary number of a candidate's scores (top-1 %, the metric, or mean cosine)."""
+        value = {"top1": scores.top1, "metric": scores.metric, "cosine": scores.mean_cosine}[self.primary]
+        return float(value or 0.0)
+
+    @property
+    def float_primary(self) -> float:
+        return self.primary_value(self.reference_scores())
+
+    def reference_scores(self) -> Scores:
+        """The float model scored against itself, without running it again."""
+        return Scores(**{**self.float_scores.__dict__, "mean_cosine": 1.0, "min_cosine": 1.0,
+                         "sqnr_db": math.inf, "top1_agreement": 1.0 if self._float_outputs
+                         and self._float_outputs[0][0].size > 1 else None})
+
     def primary_on(self, run: Run, indices: list[int]) -> float:
         """The primary number on a subset of the evaluation samples (all of them for a metric)."""
         if self.primary == "metric":
@@ -183,6 +210,12 @@ class Budget(Protocol):
     max_top1_drop: float
     max_metric_drop: float
     min_cosine: float
+
+
+def allowed_drop(primary: str, budget: Budget) -> float:
+    """How far the primary number may fall: top-1 points, metric units, or 1 - cosine."""
+    return {"top1": budget.max_top1_drop, "metric": budget.max_metric_drop,
+            "cosine": 1.0 - budget.min_cosine}[primary]
 
 
 def budget_violations(base: Scores, base_metric: float | None, scores: Scores, budget: Budget,

@@ -7,7 +7,6 @@ that are equal outside the fields listed in `volatile` (JSON paths; `[]` means
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -20,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from edgepipe import __version__
+
+# The bundle's run.py defines the bundle format's names and checks (it must stand alone on a
+# device); the host reads them from there so the two never disagree.
+from edgepipe.device.run import MANIFEST_NAME, SCHEMA, SIGNATURE_NAME, sha256_file, verify
 from edgepipe.errors import BadInputError
 
-SCHEMA = "edgepipe.bundle/1"
-MANIFEST_NAME = "manifest.json"
-SIGNATURE_NAME = "manifest.sig"  # written after the manifest, so not listed in it
 VOLATILE = (
     "build.time",
     "build.host",
@@ -62,14 +62,6 @@ def _drop(node: Any, parts: list[str]) -> None:
     for item in node[key]:
         if selector == "" or item.get("path") == selector:
             _drop(item, rest)
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def file_entries(bundle: Path) -> list[dict[str, Any]]:
@@ -141,8 +133,6 @@ def verify_bundle(bundle: Path) -> list[str]:
 
     The bundle's run.py holds the one implementation, so the host and the device agree.
     """
-    from edgepipe.device.run import verify
-
     return verify(bundle, load_manifest(bundle))
 
 

@@ -14,10 +14,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from edgepipe.device.run import SIGNATURE_NAME, key_id
+from edgepipe.device.run import MANIFEST_NAME, SIGNATURE_NAME, key_id
 from edgepipe.errors import BadInputError
 from edgepipe.extras import require
-from edgepipe.manifest import MANIFEST_NAME
 
 
 def _crypto() -> Any:

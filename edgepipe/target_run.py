@@ -25,13 +25,18 @@ def target_run(path: Path, ctx: BuildContext) -> Iterator[Callable[[Feed], dict]
         yield runner.infer
 
 
-def median_latency_ms(path: Path, ctx: BuildContext, feed: Feed, runs: int = 20, warmup: int = 3) -> float:
-    """An in-build estimate (one process, few runs) for reports; bench/ measures properly."""
-    with target_run(path, ctx) as run:
-        times = []
-        for _ in range(runs + warmup):
-            started = perf_counter()
-            run(feed)
-            times.append(perf_counter() - started)
+def time_run(run: Callable[[Feed], dict], feed: Feed, runs: int = 20, warmup: int = 3) -> float:
+    """Median milliseconds of `run(feed)`: an in-build estimate (one process, few runs) for
+    reports; bench/ measures properly."""
+    times = []
+    for _ in range(runs + warmup):
+        started = perf_counter()
+        run(feed)
+        times.append(perf_counter() - started)
     times = sorted(times[warmup:])
     return 1000 * times[len(times) // 2]
+
+
+def median_latency_ms(path: Path, ctx: BuildContext, feed: Feed, runs: int = 20, warmup: int = 3) -> float:
+    with target_run(path, ctx) as run:
+        return time_run(run, feed, runs, warmup)

@@ -262,7 +262,7 @@ def load_manifest(bundle: Path) -> dict:
     return manifest
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda h=handle: h.read(1 << 20), b""):
@@ -282,7 +282,7 @@ def verify(bundle: Path, manifest: dict) -> list:
         elif path.stat().st_size != entry["size"]:
             problems.append(f"{entry['path']}: size {path.stat().st_size} bytes, "
                             f"manifest says {entry['size']}")
-        elif _sha256(path) != entry["sha256"]:
+        elif sha256_file(path) != entry["sha256"]:
             problems.append(f"{entry['path']}: sha256 differs from the manifest")
     for path in sorted(p for p in bundle.rglob("*") if p.is_file() or p.is_symlink()):
         name = path.relative_to(bundle).as_posix()

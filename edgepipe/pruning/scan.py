@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from edgepipe.artifact import TensorSpec
-from edgepipe.evaluation import Evaluator, Scores
+from edgepipe.evaluation import Evaluator
 from edgepipe.pruning.structured import ChannelPlan, channel_counts, layer_groups, prune_channels
 from edgepipe.reference import torch_runner
 
@@ -30,32 +30,16 @@ class ScanRow:
                 "score": round(self.score, 6), "drop": round(self.drop, 6)}
 
 
-def primary_value(evaluator: Evaluator, scores: Scores) -> float:
-    if evaluator.primary == "top1":
-        return float(scores.top1 or 0.0)
-    if evaluator.primary == "metric":
-        return float(scores.metric or 0.0)
-    return float(scores.mean_cosine or 0.0)
-
-
-def float_primary(evaluator: Evaluator) -> float:
-    if evaluator.primary == "top1":
-        return float(evaluator.float_scores.top1 or 0.0)
-    if evaluator.primary == "metric":
-        return float(evaluator.float_metric or 0.0)
-    return 1.0
-
-
 def scan(module, example: tuple, specs: tuple[TensorSpec, ...], plan: ChannelPlan,
          ratios: Sequence[float], evaluator: Evaluator, gradients: Callable[[Any], None] | None = None,
          on_row: Callable[[ScanRow], None] = lambda row: None) -> list[ScanRow]:
-    reference = float_primary(evaluator)
+    reference = evaluator.float_primary
     rows = []
     for layer in layer_groups(module, example, plan):
         for ratio in ratios:
             single = replace(plan, ratio=0.0, layer_ratios={layer: ratio}, global_pruning=False)
             pruned = prune_channels(module, example, single, gradients)
-            value = primary_value(evaluator, evaluator.score(torch_runner(pruned, specs, layer)))
+            value = evaluator.primary_value(evaluator.score(torch_runner(pruned, specs, layer)))
             row = ScanRow(layer, ratio, channel_counts(pruned).get(layer, 0), value, reference - value)
             rows.append(row)
             on_row(row)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from time import perf_counter
 from typing import Annotated, Any, Literal
@@ -23,16 +23,24 @@ from pydantic import Field
 from edgepipe.artifact import Artifact
 from edgepipe.config import AccuracyBudget
 from edgepipe.errors import BadInputError, GateFailedError
-from edgepipe.evaluation import EvalData, Evaluator, Scores, budget_violations, calibration_eval, open_eval
+from edgepipe.evaluation import (
+    EvalData,
+    Evaluator,
+    Scores,
+    allowed_drop,
+    budget_violations,
+    calibration_eval,
+    eval_data_for,
+)
 from edgepipe.preprocessing import ImagePreprocessing
 from edgepipe.pruning import cost, unstructured
 from edgepipe.pruning.distill import Batch, FinetuneSettings, batches, distill, taylor_gradients
-from edgepipe.pruning.scan import choose_ratios, float_primary, primary_value, scan
+from edgepipe.pruning.scan import choose_ratios, scan
 from edgepipe.pruning.structured import ChannelPlan, Importance, channel_counts, prune_channels
 from edgepipe.settings import StrictModel
 from edgepipe.stages.base import BuildContext, StageOutcome
 from edgepipe.stages.calibration import RANDOM, LabelledSample, SampleSource, open_samples
-from edgepipe.target_run import median_latency_ms, target_run
+from edgepipe.target_run import target_run, time_run
 
 Ratio = Annotated[float, Field(ge=0, lt=1)]
 STRUCTURED_SOURCES = ("factory", "pickle")
@@ -79,6 +87,20 @@ class PruneSettings(StrictModel):
     budget: PruneBudget = PruneBudget()
 
 
+def channel_plan(settings: PruneSettings) -> ChannelPlan:
+    return ChannelPlan(ratio=settings.ratio, layer_ratios=dict(settings.layer_ratios),
+                       skip=tuple(settings.skip_layers), keep_first=settings.keep_first_last,
+                       round_to=settings.round_to, importance=settings.importance,
+                       global_pruning=settings.global_pruning)
+
+
+def scan_tolerance(settings: PruneSettings, primary: str) -> float:
+    """The drop one group may cost alone in the scan: the profile's, else half the budget."""
+    if settings.scan_tolerance is not None:
+        return settings.scan_tolerance
+    return allowed_drop(primary, settings.budget) / 2
+
+
 @dataclass
 class _Step:
     """One model along the way: what it is, how good, how fast, how big."""
@@ -123,10 +145,11 @@ class PruneStage:
         work.mkdir(parents=True, exist_ok=True)
         check_source(settings, ctx.source.kind)
         eval_data = self._eval_data(ctx, settings)
-        with target_run(model.path, ctx) as run:
-            evaluator = Evaluator(eval_data, run)
         feed = ctx.reference.inputs[0]
-        steps = [self._step("unpruned", model.path, evaluator, ctx, feed)]
+        with target_run(model.path, ctx) as run:  # scored against itself: nothing to run again
+            evaluator = Evaluator(eval_data, run)
+            steps = [_Step("unpruned", model.path, evaluator.reference_scores(), time_run(run, feed),
+                           cost.measure(model.path))]
         warnings: list[str] = []
         metrics: dict[str, Any] = {"method": settings.method, "evaluation": {
             "origin": eval_data.origin, "samples": len(eval_data.samples), "primary": evaluator.primary}}
@@ -173,27 +196,22 @@ class PruneStage:
             samples = _shuffled(train.labelled(settings.finetune.samples), settings.seed)
             return batches(samples, ctx.inputs, settings.finetune.batch_size)
 
-        plan = ChannelPlan(ratio=settings.ratio, layer_ratios=dict(settings.layer_ratios),
-                           skip=tuple(settings.skip_layers), keep_first=settings.keep_first_last,
-                           round_to=settings.round_to, importance=settings.importance,
-                           global_pruning=settings.global_pruning)
+        plan = channel_plan(settings)
         gradients = taylor_gradients(data) if train is not None else None
         if settings.scan:
-            tolerance = settings.scan_tolerance
-            if tolerance is None:
-                tolerance = self._allowed_drop(evaluator, settings.budget) / 2
+            tolerance = scan_tolerance(settings, evaluator.primary)
             rows = scan(module, example, ctx.inputs, plan, settings.scan_ratios, evaluator, gradients)
             chosen = choose_ratios(rows, settings.ratio, tolerance)
-            plan = ChannelPlan(**{**plan.__dict__, "layer_ratios": {**chosen, **settings.layer_ratios}})
+            plan = replace(plan, layer_ratios={**chosen, **settings.layer_ratios})
             metrics["scan"] = {"ratios": settings.scan_ratios, "tolerance": tolerance,
-                               "primary": evaluator.primary, "float": float_primary(evaluator),
+                               "primary": evaluator.primary, "float": evaluator.float_primary,
                                "rows": [r.to_json() for r in rows], "chosen": chosen}
         attempts: list[dict[str, Any]] = []
         scale = 1.0
         while True:
             attempt = len(attempts) + 1
-            current = ChannelPlan(**{**plan.__dict__, "ratio": plan.ratio * scale,
-                                     "layer_ratios": {k: v * scale for k, v in plan.layer_ratios.items()}})
+            current = replace(plan, ratio=plan.ratio * scale,
+                              layer_ratios={k: v * scale for k, v in plan.layer_ratios.items()})
             pruned = prune_channels(module, example, current, gradients)
             path = export_module(pruned, ctx, export_settings, work / f"pruned-{attempt}.onnx").path
             step = self._step(f"pruned (ratio {current.ratio:.2f})", path, evaluator, ctx, feed)
@@ -206,7 +224,7 @@ class PruneStage:
                 metrics["finetune"] = {**history, "data": train.describe(history["samples_per_epoch"])}
             problems = self._violations(evaluator, step.scores, settings.budget)
             attempts.append({"ratio": round(current.ratio, 4), "problems": problems,
-                             "score": primary_value(evaluator, step.scores)})
+                             "score": evaluator.primary_value(step.scores)})
             if not problems:
                 break
             next_scale = scale - settings.budget.backoff_step / max(plan.ratio, 1e-9)
@@ -245,7 +263,7 @@ class PruneStage:
             step = self._step(f"{pattern} sparsity {sparsity:.2f}", path, evaluator, ctx, feed)
             problems = self._violations(evaluator, step.scores, settings.budget)
             attempts.append({"ratio": round(sparsity, 4), "problems": problems,
-                             "score": primary_value(evaluator, step.scores)})
+                             "score": evaluator.primary_value(step.scores)})
             if not problems:
                 break
             if settings.budget.on_exceed == "fail" or pattern == "2:4" or \
@@ -273,17 +291,8 @@ class PruneStage:
 
     @staticmethod
     def _step(label: str, path: Path, evaluator: Evaluator, ctx: BuildContext, feed: dict) -> _Step:
-        with target_run(path, ctx) as run:
-            scores = evaluator.score(run)
-        return _Step(label, path, scores, median_latency_ms(path, ctx, feed), cost.measure(path))
-
-    @staticmethod
-    def _allowed_drop(evaluator: Evaluator, budget: PruneBudget) -> float:
-        if evaluator.primary == "top1":
-            return budget.max_top1_drop
-        if evaluator.primary == "metric":
-            return budget.max_metric_drop
-        return 1.0 - budget.min_cosine
+        with target_run(path, ctx) as run:  # one compiled model, scored then timed
+            return _Step(label, path, evaluator.score(run), time_run(run, feed), cost.measure(path))
 
     @staticmethod
     def _violations(evaluator: Evaluator, scores: Scores, budget: PruneBudget) -> list[str]:
@@ -302,11 +311,11 @@ class PruneStage:
 
     @staticmethod
     def _eval_data(ctx: BuildContext, settings: PruneSettings) -> EvalData:
-        if ctx.eval is not None:
-            return open_eval(ctx.eval, ctx.inputs, limit=settings.eval_count, preprocess=settings.preprocess,
-                             seed=settings.seed)
+        calibration = None
         if ctx.calib is not None and ctx.calib != RANDOM:
-            source = open_samples(ctx.calib, ctx.inputs, preprocess=settings.preprocess, seed=settings.seed)
-            samples = list(source.samples(settings.eval_count))
-            return calibration_eval(iter(samples), f"{source.describe(len(samples))} (calibration data)")
-        return calibration_eval(iter(ctx.reference.inputs), f"{ctx.reference.origin} (parity samples)")
+            calibration = open_samples(ctx.calib, ctx.inputs, preprocess=settings.preprocess,
+                                       seed=settings.seed)
+        data = eval_data_for(ctx.eval, calibration, ctx.inputs, limit=settings.eval_count,
+                             preprocess=settings.preprocess, seed=settings.seed)
+        return data or calibration_eval(iter(ctx.reference.inputs),
+                                        f"{ctx.reference.origin} (parity samples)")

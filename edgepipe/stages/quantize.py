@@ -27,9 +27,9 @@ from edgepipe.evaluation import (
     EvalData,
     Evaluator,
     Scores,
+    allowed_drop,
     budget_violations,
-    calibration_eval,
-    open_eval,
+    eval_data_for,
 )
 from edgepipe.preprocessing import ImagePreprocessing
 from edgepipe.quantization import ranges, sensitivity, tensorrt_cache, transformer
@@ -172,7 +172,9 @@ class QuantizeStage:
                                   symmetric=ranges_symmetric)
         calibration_seconds = perf_counter() - calibration_started
 
-        eval_data = self._eval_data(ctx, settings, source)
+        eval_data = eval_data_for(ctx.eval, source, ctx.inputs, limit=settings.eval_count,
+                                  preprocess=settings.preprocess, seed=settings.seed)
+        assert eval_data is not None  # a calibration source always exists here
         with target_run(prepared, ctx) as run:
             evaluator = Evaluator(eval_data, run)
 
@@ -296,15 +298,6 @@ class QuantizeStage:
                 "int8": round(median_latency_ms(int8_path, ctx, feed), 4)}
 
     @staticmethod
-    def _eval_data(ctx: BuildContext, settings: QuantizeSettings, source: SampleSource) -> EvalData:
-        if ctx.eval is not None:
-            return open_eval(ctx.eval, ctx.inputs, limit=settings.eval_count, preprocess=settings.preprocess,
-                             seed=settings.seed)
-        count = min(settings.eval_count, 64 if source.is_random else settings.eval_count)
-        samples = list(source.samples(count))
-        return calibration_eval(iter(samples), f"{source.describe(len(samples))} (calibration data)")
-
-    @staticmethod
     def _selection(model, settings: QuantizeSettings, model_type: str, ctx: BuildContext,
                    engine: str) -> tuple[str, list[str], list[str] | None]:
         """(scheme, excluded node names, only these nodes or None)."""
@@ -366,12 +359,8 @@ class QuantizeStage:
                           ctx: BuildContext) -> tuple[_Candidate, list[dict[str, Any]]]:
         """NNCF's quantize_with_accuracy_control, held to the same budget as every other route."""
         primary = evaluator.primary
-        if primary == "top1":
-            max_drop = budget.max_top1_drop / 100.0
-        elif primary == "metric":
-            max_drop = budget.max_metric_drop
-        else:
-            max_drop = 1.0 - budget.min_cosine
+        # NNCF measures top-1 as a fraction, the budget in percentage points.
+        max_drop = allowed_drop(primary, budget) / (100.0 if primary == "top1" else 1.0)
         control = AccuracyControl(items=list(range(len(eval_data.samples))),
                                   validate=evaluator.primary_on, max_drop=max_drop)
         feed = eval_data.samples[0].feed if eval_data.samples else None
