@@ -172,3 +172,10 @@ def test_signed_bundle_verifies_in_a_fresh_venv_with_only_run_py_dependencies(si
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     assert "match the manifest and its signature" in result.stdout
+
+
+def test_run_py_reports_a_removed_manifest_instead_of_crashing(flashed, signed):
+    (flashed / "manifest.json").unlink()
+    device = run_on_device(flashed, "--pubkey", signed["pub"], "--verify")
+    assert device.returncode == 1
+    assert "manifest.json: missing" in device.stderr and "Traceback" not in device.stderr

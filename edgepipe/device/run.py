@@ -49,7 +49,10 @@ def parse_model_key(text: str, where: str) -> bytes:
     value = text.strip()
     candidate = Path(value)
     if len(value) != 64 and candidate.is_file():
-        value = candidate.read_text(encoding="ascii", errors="replace").strip()
+        try:
+            value = candidate.read_text(encoding="ascii", errors="replace").strip()
+        except OSError as exc:
+            raise RunError(f"{where}: cannot read the key file ({exc.strerror})") from None
     try:
         key = bytes.fromhex(value)
     except ValueError:
@@ -320,10 +323,12 @@ def check_signature(bundle: Path, public_key_pem: bytes, key_name: str = "the pu
         record = json.loads(path.read_text(encoding="utf-8"))
         signature = base64.b64decode(record["signature"], validate=True)
         signer = str(record["key_id"])
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, OSError):
         return [f"{SIGNATURE_NAME}: not a signature record written by edgepipe"]
     if signer != key_id(raw):
         return [f"{SIGNATURE_NAME}: signed by key {signer}, not by {key_name} ({key_id(raw)})"]
+    if not (bundle / MANIFEST_NAME).is_file():
+        return [f"{MANIFEST_NAME}: missing"]
     try:
         public.verify(signature, (bundle / MANIFEST_NAME).read_bytes())
     except InvalidSignature:
