@@ -19,7 +19,7 @@ from edgepipe.artifact import StageReport
 from edgepipe.backends import get_backend
 from edgepipe.bundle import write_bundle
 from edgepipe.config import Profile, load_profile, load_target
-from edgepipe.errors import BadInputError, MissingExtraError
+from edgepipe.errors import BackendError, BadInputError, MissingExtraError
 from edgepipe.extras import require
 from edgepipe.pipeline import run_stages
 from edgepipe.profiler.local import run_bundle_benchmark
@@ -133,7 +133,9 @@ def build(
                                    inputs=specs, reference=reference, work_dir=staging / "build",
                                    bundle_dir=staging / "bundle", calib=calib_spec,
                                    eval=str(eval_data) if eval_data is not None else None,
-                                   train=str(train) if train is not None else None)
+                                   train=str(train) if train is not None else None,
+                                   shape_ranges={name: o.shape_range for name, o in overrides.items()
+                                                 if o.shape_range is not None})
             result = run_stages(context, on_stage)
             manifest = write_bundle(
                 staging / "bundle", source=source, target=resolved_target, target_spec=target,
@@ -219,6 +221,36 @@ def verify(bundle: Path, pubkey: Path | None = None) -> list[str]:
         if problems:
             return [*problems, str(exc)]
         raise
+
+
+def build_engine(bundle: Path) -> dict[str, Any]:
+    """`build --from-bundle`: build a TensorRT bundle's engine here, from the plan in its manifest,
+    with the same code as the bundle's `run.py --build-engine` (the file it ships)."""
+    from edgepipe.device import trt_engine
+
+    manifest = manifest_io.load_manifest(bundle)
+    problems = manifest_io.verify(bundle, manifest)
+    if problems:
+        raise BadInputError(f"{bundle}: does not match its manifest: {problems[0]}")
+    plan = manifest["backend"].get("engine")
+    if not plan:
+        raise BadInputError(f"{bundle}: a {manifest['backend']['name']} bundle has no engine to build "
+                            "(--from-bundle is for TensorRT targets)")
+    key = None
+    if manifest.get("encryption"):
+        from edgepipe import encryption
+
+        key = encryption.load_key(None)
+    from edgepipe.device.run import RunError, model_bytes
+
+    try:
+        onnx_bytes = model_bytes(bundle, manifest, plan["onnx"], key)
+    except RunError as exc:
+        raise BadInputError(str(exc)) from None
+    try:
+        return trt_engine.build(bundle, plan, onnx_bytes, log=lambda line: None)
+    except trt_engine.EngineError as exc:
+        raise (BadInputError if exc.exit_code == 2 else BackendError)(str(exc)) from None
 
 
 def keygen(path: Path, kind: str = "ed25519", force: bool = False) -> list[Path]:

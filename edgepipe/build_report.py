@@ -155,6 +155,33 @@ def _prune_section(stage: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _engine_section(manifest: dict[str, Any]) -> list[str]:
+    """TensorRT: what the device builds, with which flags, and what was checked here."""
+    engine = manifest["backend"].get("engine")
+    if not engine:
+        return []
+    from edgepipe.trt.build_script import trtexec_args
+    from edgepipe.trt.plan import EnginePlan, ShapeRange
+
+    fields = {k: v for k, v in engine.items() if k in EnginePlan.__dataclass_fields__}
+    fields["shapes"] = {name: ShapeRange(**{k: tuple(v) for k, v in r.items()})
+                        for name, r in engine["shapes"].items()}
+    fields["device_files"] = tuple(engine["device_files"])
+    checks = manifest["backend"]["runtime_reports"].get("prechecks", {})
+    gpu = engine["compute_capability"] or "the building GPU's"
+    dla = "GPU only" if engine["dla_core"] is None else f"DLA core {engine['dla_core']}"
+    status = ("built on the build host" if engine["built"] else
+              "not built yet: the device builds it (`bash build_engine.sh` or `python3 run.py --build-engine`)")
+    return ["", "## TensorRT engine", "",
+            f"TensorRT {engine['tensorrt_version']}, compute capability {gpu}, {dla}, precision "
+            f"{engine['precision']}" + (f" ({engine['int8_mode']})" if engine["int8_mode"] else "")
+            + f"; `{engine['engine']}` {status}.", "",
+            f"Pre-checks passed on this host: {checks.get('nodes', '?')} nodes, {checks.get('op_types', '?')} "
+            f"op types, opset {checks.get('opset', '?')}, {checks.get('qdq_nodes', 0)} Q/DQ nodes (all "
+            "symmetric int8).", "",
+            "```sh", "trtexec " + " ".join(trtexec_args(EnginePlan(**fields))), "```"]
+
+
 def render(manifest: dict[str, Any]) -> str:
     model, target, profile = manifest["model"], manifest["target"], manifest["profile"]
     parity = manifest["parity"]
@@ -192,6 +219,7 @@ def render(manifest: dict[str, Any]) -> str:
         budget_line = (f"Budget: every element within atol {budget['atol']:g} + rtol {budget['rtol']:g} "
                        f"· |ref| (worst: {parity['max_tolerance_ratio']:.3g}× the tolerance), cosine ≥ "
                        f"{budget['min_cosine']:g}.")
+    lines += _engine_section(manifest)
     if manifest.get("auto"):
         auto = manifest["auto"]
         lines += ["", f"## Chosen by measurement (`--profile {auto['profile']}`)", "",
@@ -239,6 +267,8 @@ def render(manifest: dict[str, Any]) -> str:
         "python run.py --verify                          # check every file against the manifest",
         "python run.py --input sample.npz --output out.npz",
         "python run.py --benchmark --runs 100 --threads 2 --json",
+        *(["python3 run.py --build-engine                 # TensorRT: build model.engine here first"]
+          if manifest["backend"].get("engine") else []),
         "```",
         "",
         "Tool versions: " + ", ".join(f"{k} {v}" for k, v in manifest["tools"].items()) + ".",

@@ -70,6 +70,8 @@ def write_bundle(bundle: Path, *, source: SourceModel, target: Target, target_sp
             "precision": _lower_metrics(result).get("precision", "f32"),
             "runtime_reports": _lower_metrics(result).get("runtime_reports", {}),
             "versions": backend_versions,
+            # TensorRT: the engine plan (build_engine.sh, run.py --build-engine) and compatibility
+            **({"engine": _lower_metrics(result)["engine"]} if "engine" in _lower_metrics(result) else {}),
         },
         "portable_model": PORTABLE_NAME,
         "inputs": [spec.to_json() | {"preprocessing": _preprocessing(result, spec.name)}

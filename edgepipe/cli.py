@@ -102,8 +102,8 @@ def _stage_line(report: StageReport) -> str:
 
 @app.command()
 def build(
-    model: Annotated[str, typer.Argument(help="model.onnx, file.py:factory, TorchScript, .pt2, "
-                                              "or a pickled module (with --trust-pickle)")],
+    model: Annotated[str | None, typer.Argument(help="model.onnx, file.py:factory, TorchScript, .pt2, "
+                                                     "or a pickled module (with --trust-pickle)")] = None,
     target: Annotated[str, typer.Option("--target", "-t", help="Target name, alias or TOML file.")]
     = "cpu",
     profile: Annotated[str | None, typer.Option("--profile", "-p",
@@ -140,14 +140,30 @@ def build(
     skip_pass: Annotated[list[str] | None, typer.Option(
         "--skip-pass", help="A fuse pass not to run (repeatable); see report.md for names.")]
     = None,
+    from_bundle: Annotated[Path | None, typer.Option(
+        "--from-bundle", help="Build a TensorRT bundle's engine here (needs TensorRT and the "
+                              "target's GPU), as its `run.py --build-engine` does on the device.")]
+    = None,
     as_json: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
-    """Build a deployable bundle of MODEL for a target."""
+    """Build a deployable bundle of MODEL for a target (or, with --from-bundle, a TensorRT engine)."""
     from edgepipe import api
 
     err = _stderr()
     with _errors_to_exit_codes(debug, as_json):
+        if from_bundle is not None:
+            if model is not None:
+                raise BadInputError("give a MODEL or --from-bundle, not both")
+            record = api.build_engine(from_bundle)
+            if as_json:
+                _print_json(record)
+            else:
+                _stdout().print(f"built {from_bundle / record['engine']} with TensorRT {record['tensorrt']} "
+                                f"for compute capability {record['compute_capability']}", markup=False)
+            return
+        if model is None:
+            raise BadInputError("missing MODEL (or --from-bundle BUNDLE)")
         def on_stage(report: StageReport) -> None:
             err.print(_stage_line(report))
             for warning in report.warnings:

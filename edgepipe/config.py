@@ -132,6 +132,11 @@ def load_target_file(path: Path) -> Target:
             f"(known: {', '.join(backend_names())})"
         )
     backend = get_backend(raw.backend)
+    lower = _validate(backend.LowerSettings, raw.lower, path, "lower")
+    int8 = raw.int8
+    if hasattr(lower, "tensorrt_version") and "tensorrt_version" not in raw.int8.model_fields_set:
+        # calib.cache's header names the device's TensorRT: one fact, stated once in [lower]
+        int8 = int8.model_copy(update={"tensorrt_version": lower.tensorrt_version})
     return Target(
         name=raw.name,
         description=raw.description,
@@ -140,11 +145,11 @@ def load_target_file(path: Path) -> Target:
         host_aliases={k: tuple(v) for k, v in raw.host_aliases.items()},
         default_profile=raw.default_profile,
         device=raw.device,
-        lower=_validate(backend.LowerSettings, raw.lower, path, "lower"),
+        lower=lower,
         runtime=_validate(backend.RuntimeSettings, raw.runtime, path, "runtime"),
         energy=raw.energy,
         source=path,
-        int8=raw.int8,
+        int8=int8,
     )
 
 

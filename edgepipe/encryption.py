@@ -56,7 +56,8 @@ def generate_key(path: Path, force: bool = False) -> Path:
 
 def model_files(bundle: Path) -> list[str]:
     """The files that hold weights: the backend artifact and the portable ONNX (model.*)."""
-    return sorted(p.name for p in bundle.iterdir() if p.is_file() and p.name.startswith("model."))
+    return sorted(p.name for p in bundle.iterdir()
+                  if p.is_file() and p.name.startswith("model.") and p.suffix != ".json")  # not records
 
 
 def encrypt_bundle(bundle: Path, key: bytes) -> dict[str, Any]:

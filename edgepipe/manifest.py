@@ -22,7 +22,7 @@ from edgepipe import __version__
 
 # The bundle's run.py defines the bundle format's names and checks (it must stand alone on a
 # device); the host reads them from there so the two never disagree.
-from edgepipe.device.run import MANIFEST_NAME, SCHEMA, SIGNATURE_NAME, sha256_file, verify
+from edgepipe.device.run import MANIFEST_NAME, SCHEMA, SIGNATURE_NAME, engine_problems, sha256_file, verify
 from edgepipe.errors import BadInputError
 
 VOLATILE = (
@@ -133,7 +133,8 @@ def verify_bundle(bundle: Path) -> list[str]:
 
     The bundle's run.py holds the one implementation, so the host and the device agree.
     """
-    return verify(bundle, load_manifest(bundle))
+    manifest = load_manifest(bundle)
+    return verify(bundle, manifest) or engine_problems(bundle, manifest)
 
 
 def summary(manifest: dict[str, Any], bundle: Path) -> dict[str, Any]:

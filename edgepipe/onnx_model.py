@@ -8,6 +8,7 @@ refused with one line before any tool parses it further.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -145,15 +146,20 @@ def graph_outputs(model: onnx.ModelProto) -> tuple[TensorSpec, ...]:
     return tuple(_spec_of(v) for v in model.graph.output)
 
 
-def set_static_input_shapes(model: onnx.ModelProto, specs: tuple[TensorSpec, ...]) -> None:
-    """Write resolved static shapes into the graph so later tools can fold shape sub-graphs."""
+def set_static_input_shapes(model: onnx.ModelProto, specs: tuple[TensorSpec, ...],
+                            dynamic_axes: Mapping[str, set[int]] | None = None) -> None:
+    """Write resolved static shapes into the graph so later tools can fold shape sub-graphs;
+    `dynamic_axes` (input -> axes) stay symbolic, for inputs built for a range of shapes."""
     by_name = {spec.name: spec for spec in specs}
     for value in model.graph.input:
         spec = by_name.get(value.name)
         if spec is None:
             continue
         shape = value.type.tensor_type.shape
-        for dim, size in zip(shape.dim, spec.shape, strict=True):
+        keep = (dynamic_axes or {}).get(value.name, set())
+        for axis, (dim, size) in enumerate(zip(shape.dim, spec.shape, strict=True)):
+            if axis in keep and not dim.HasField("dim_value"):
+                continue  # symbolic in the source: keep it (a static one stays, and pre-checks say so)
             dim.Clear()
             dim.dim_value = int(size)
 

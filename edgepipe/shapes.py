@@ -1,4 +1,4 @@
-"""`--input NAME:1x3x224x224[:dtype]` specs and their resolution against a model's inputs."""
+"""`--input NAME:1x3x224x224[:dtype]` (or NAME:MIN/OPT/MAX) specs, resolved against a model's inputs."""
 
 from __future__ import annotations
 
@@ -11,15 +11,18 @@ import numpy as np
 from edgepipe.artifact import TensorSpec, layout_guess
 from edgepipe.errors import BadInputError
 
-_SPEC = re.compile(r"^(?P<name>[^:]+):(?P<dims>\d+(?:x\d+)*)(?::(?P<dtype>[a-z0-9]+))?$")
+_DIMS = r"\d+(?:x\d+)*"
+_SPEC = re.compile(rf"^(?P<name>[^:]+):(?P<dims>{_DIMS}(?:/{_DIMS}/{_DIMS})?)(?::(?P<dtype>[a-z0-9]+))?$")
 EXAMPLE = "input:1x3x224x224"
 
 
 @dataclass(frozen=True)
 class InputOverride:
     name: str
-    shape: tuple[int, ...]
+    shape: tuple[int, ...]  # what the build runs with: the single shape, or a range's opt
     dtype: str | None
+    # MIN/OPT/MAX, for runtimes that build for a range of shapes (TensorRT profiles)
+    shape_range: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None = None
 
 
 def parse_input_spec(text: str) -> InputOverride:
@@ -28,16 +31,26 @@ def parse_input_spec(text: str) -> InputOverride:
         raise BadInputError(
             f"bad --input '{text}': expected NAME:DIMxDIMx...[:dtype], e.g. {EXAMPLE}"
         )
-    dims = tuple(int(d) for d in match["dims"].split("x"))
-    if any(d == 0 for d in dims):
+    shapes = [tuple(int(d) for d in part.split("x")) for part in match["dims"].split("/")]
+    if any(d == 0 for shape in shapes for d in shape):
         raise BadInputError(f"bad --input '{text}': dimensions must be positive")
+    shape_range = None
+    if len(shapes) == 3:
+        low, dims, high = shapes
+        if not len(low) == len(dims) == len(high) or not all(
+                a <= b <= c for a, b, c in zip(low, dims, high, strict=True)):
+            raise BadInputError(f"bad --input '{text}': MIN/OPT/MAX need the same rank and "
+                                "min <= opt <= max in every dimension")
+        shape_range = (low, dims, high)
+    else:
+        dims = shapes[0]
     dtype = match["dtype"]
     if dtype is not None:
         try:
             dtype = np.dtype(dtype).name
         except TypeError:
             raise BadInputError(f"bad --input '{text}': unknown dtype '{dtype}'") from None
-    return InputOverride(match["name"], dims, dtype)
+    return InputOverride(match["name"], dims, dtype, shape_range)
 
 
 def parse_input_specs(texts: Sequence[str]) -> dict[str, InputOverride]:

@@ -9,6 +9,7 @@ from edgepipe.backends.base import Backend, Runner
 _REGISTRY: dict[str, str] = {
     "onnxruntime": "edgepipe.backends.onnxruntime:OnnxRuntimeBackend",
     "openvino": "edgepipe.backends.openvino:OpenVinoBackend",
+    "tensorrt": "edgepipe.backends.tensorrt:TensorRtBackend",
 }
 
 __all__ = ["Backend", "Runner", "backend_names", "get_backend"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -66,6 +67,16 @@ class Runner(ABC):
     def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
 
+@dataclass(frozen=True)
+class LowerHints:
+    """What the build knows beyond the model file, for backends that need it (TensorRT):
+    optimization-profile ranges given with `--input NAME:MIN/OPT/MAX`, and the model name."""
+
+    shape_ranges: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = field(
+        default_factory=dict)
+    model_name: str = "model"
+
+
 class Backend(Protocol):
     """A deployment runtime. Adding one is one module plus one registry entry."""
 
@@ -77,7 +88,8 @@ class Backend(Protocol):
     RuntimeSettings: ClassVar[type[BaseModel]]  # the target's [runtime] table
 
     def lower(self, model: Artifact, lower: Any, runtime: Any, out_dir: Path,
-              precision: str = "f32") -> tuple[Artifact, list[str], dict[str, str]]:
+              precision: str = "f32", hints: LowerHints | None = None,
+              ) -> tuple[Artifact, list[str], dict[str, Any]]:
         """Write the backend artifact for `model` into `out_dir`; return it, warnings, and
         what the runtime reports it actually does with it (precision, devices)."""
         ...

@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import Field
 
 from edgepipe.artifact import Artifact, TensorSpec
-from edgepipe.backends.base import Runner
+from edgepipe.backends.base import LowerHints, Runner
 from edgepipe.errors import BackendError, BadInputError, first_line
 from edgepipe.settings import StrictModel
 
@@ -134,7 +134,8 @@ class OnnxRuntimeBackend:
     RuntimeSettings = OnnxRuntimeRuntimeSettings
 
     def lower(self, model: Artifact, lower: OnnxRuntimeLowerSettings, runtime: OnnxRuntimeRuntimeSettings,
-              out_dir: Path, precision: str = "f32") -> tuple[Artifact, list[str], dict[str, str]]:
+              out_dir: Path, precision: str = "f32", hints: LowerHints | None = None,
+              ) -> tuple[Artifact, list[str], dict[str, str]]:
         warnings: list[str] = []
         level = lower.offline_optimization
         providers = available_providers(runtime.providers)

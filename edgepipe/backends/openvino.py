@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import Field
 
 from edgepipe.artifact import Artifact, TensorSpec
-from edgepipe.backends.base import Runner
+from edgepipe.backends.base import LowerHints, Runner
 from edgepipe.errors import BackendError, first_line
 from edgepipe.extras import require
 from edgepipe.settings import StrictModel
@@ -124,7 +124,8 @@ class OpenVinoBackend:
     precisions = ("f32", "f16", "bf16")
 
     def lower(self, model: Artifact, lower: OpenVinoLowerSettings, runtime: OpenVinoRuntimeSettings,
-              out_dir: Path, precision: str = "f32") -> tuple[Artifact, list[str], dict[str, str]]:
+              out_dir: Path, precision: str = "f32", hints: LowerHints | None = None,
+              ) -> tuple[Artifact, list[str], dict[str, str]]:
         ov = _ov("lowering to OpenVINO")
         try:
             # An IR arrives from the quantize stage's nncf-openvino engine; ONNX otherwise.

@@ -11,6 +11,7 @@ that reason.
     python run.py --input sample.npz --output out.npz
     python run.py --input photo.jpg        # decoded and preprocessed as at calibration (needs Pillow)
     python run.py --benchmark --runs 100 --warmup 10 --threads 2 --json
+    python3 run.py --build-engine          # TensorRT bundles: build model.engine on this device
 """
 
 from __future__ import annotations
@@ -234,6 +235,64 @@ class OpenVinoModel:
         return {"source": "OpenVINO PERF_COUNT (real time)", "runs": runs, "totals": totals}
 
 
+def engine_module(bundle: Path):
+    """The bundle's trt_engine.py (TensorRT bundles only), loaded by path: no sys.path change."""
+    import importlib.util
+
+    path = bundle / "trt_engine.py"
+    if not path.is_file():
+        raise RunError(f"{path.name} is missing: this TensorRT bundle is incomplete (rebuild it)")
+    sys.dont_write_bytecode = True  # a __pycache__ would be a file the manifest does not list
+    spec = importlib.util.spec_from_file_location("edgepipe_bundle_trt_engine", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class TensorRtModel:
+    """The bundle's engine, built on this device (see build_engine.sh / --build-engine)."""
+
+    def __init__(self, bundle: Path, manifest: dict, threads: int | None, key: bytes | None = None) -> None:
+        module = engine_module(bundle)
+        plan = manifest["backend"]["engine"]
+        if plan["engine"] in manifest.get("encryption", {}).get("files", []):
+            raise RunError("an encrypted engine cannot be loaded from memory by this run.py: rebuild it "
+                           "on the device with --build-engine (the engine stays on the device)")
+        try:
+            self._model = module.EngineModel(bundle, plan, threads)
+        except module.EngineError as exc:
+            raise RunError(str(exc), exc.exit_code) from None
+        self.runtime, self.warnings = self._model.runtime, self._model.warnings
+
+    def infer(self, feed: dict) -> dict:
+        return self._model.infer(feed)
+
+    def layer_times(self, feed: dict, runs: int) -> dict:
+        return self._model.layer_times(feed, runs)
+
+
+def build_engine(bundle: Path, manifest: dict, key: bytes | None) -> dict:
+    """--build-engine: the plan in the manifest, through the TensorRT Python API, on this device."""
+    plan = manifest["backend"].get("engine")
+    if not plan:
+        raise RunError(f"--build-engine: this is a {manifest['backend']['name']} bundle, not a TensorRT one")
+    module = engine_module(bundle)
+    try:
+        return module.build(bundle, plan, model_bytes(bundle, manifest, plan["onnx"], key),
+                            log=lambda line: print(line, file=sys.stderr))
+    except module.EngineError as exc:
+        raise RunError(str(exc), exc.exit_code) from None
+
+
+def engine_problems(bundle: Path, manifest: dict) -> list:
+    """A TensorRT bundle's engine built for another TensorRT line or GPU than this device's."""
+    plan = manifest["backend"].get("engine")
+    if not plan or not (bundle / plan["engine"]).is_file():
+        return []
+    module = engine_module(bundle)
+    return module.compatibility_problems(plan, module.read_record(bundle), module.local_facts())
+
+
 def per_layer(model, feed: dict, runs: int, top: int = 25) -> dict:
     """The slowest layers, mean milliseconds per inference, and their share of the total."""
     raw = model.layer_times(feed, runs)
@@ -246,7 +305,7 @@ def per_layer(model, feed: dict, runs: int, top: int = 25) -> dict:
                         "share": round(entry["us"] / total_us, 4)} for name, entry in ranked[:top]]}
 
 
-BACKENDS = {"onnxruntime": OnnxRuntimeModel, "openvino": OpenVinoModel}
+BACKENDS = {"onnxruntime": OnnxRuntimeModel, "openvino": OpenVinoModel, "tensorrt": TensorRtModel}
 
 
 # ---------------------------------------------------------------- bundle and inputs
@@ -274,9 +333,10 @@ def sha256_file(path: Path) -> str:
 
 
 def verify(bundle: Path, manifest: dict) -> list:
-    """Every listed file present and identical, nothing unlisted beside them."""
+    """Every listed file present and identical, nothing unlisted beside them (except what the
+    manifest says the device itself writes: a TensorRT engine built there, its record)."""
     problems = []
-    listed = set()
+    listed = set(manifest["backend"].get("engine", {}).get("device_files", []))
     for entry in manifest["files"]:
         listed.add(entry["path"])
         path = bundle / entry["path"]
@@ -549,6 +609,9 @@ def parse_args(argv: list) -> argparse.Namespace:
                         help="how long to run inferences while the meter samples")
     parser.add_argument("--energy-idle-seconds", type=float, default=1.0,
                         help="idle baseline measured first and subtracted")
+    parser.add_argument("--build-engine", action="store_true",
+                        help="TensorRT bundles: build model.engine here (the TensorRT Python API, the "
+                             "plan build_engine.sh runs with trtexec)")
     parser.add_argument("--layers", action="store_true",
                         help="with --benchmark: also time each layer (a separate profiled pass)")
     args = parser.parse_args(argv)
@@ -576,14 +639,18 @@ def main(argv: list | None = None) -> int:
         args.model_key = None if key_text is None else parse_model_key(
             str(key_text), "--key-file" if args.key_file else f"${KEY_ENV}")
         if args.verify or args.pubkey:
-            problems = verify(args.bundle, manifest)
+            problems = verify(args.bundle, manifest) or engine_problems(args.bundle, manifest)
             for problem in problems:
                 print(f"verify: {problem}", file=sys.stderr)
             if problems:
                 return 1
-            if args.verify and not (args.input or args.benchmark or args.output):
+            if args.verify and not (args.input or args.benchmark or args.output or args.build_engine):
                 signed = " and its signature" if args.pubkey else ""
                 print(f"verify: {len(manifest['files'])} files match the manifest{signed}")
+                return 0
+        if args.build_engine:
+            build_engine(args.bundle, manifest, args.model_key)
+            if not (args.input or args.benchmark or args.output):
                 return 0
         if manifest["backend"]["name"] not in BACKENDS:
             raise RunError(f"this run.py cannot run backend '{manifest['backend']['name']}'", 3)

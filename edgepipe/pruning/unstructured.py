@@ -28,6 +28,15 @@ class SparseLayer:
     note: str = ""
 
 
+def _reduction_axis(node) -> int:
+    """The weight axis a Conv/Gemm/MatMul sums over, along which 2:4 groups run."""
+    if node.op_type == "Conv":
+        return 1  # [out, in/group, kh, kw]
+    if node.op_type == "Gemm":
+        return 1 if next((a.i for a in node.attribute if a.name == "transB"), 0) else 0
+    return 0  # MatMul(A, B): B is [K, N]
+
+
 def _weight_nodes(model, skip: set[str], keep_first_last: bool):
     """(node, weight initializer, reduction axis) for every Conv/Gemm/MatMul with a constant weight."""
     inits = {t.name: t for t in model.graph.initializer}
@@ -37,14 +46,7 @@ def _weight_nodes(model, skip: set[str], keep_first_last: bool):
             continue
         if node.input[1] not in inits or node.name in skip:
             continue
-        if node.op_type == "Conv":
-            axis = 1  # [out, in/group, kh, kw]
-        elif node.op_type == "Gemm":
-            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-            axis = 1 if trans_b else 0
-        else:
-            axis = 0  # MatMul(A, B): B is [K, N]
-        found.append((node, inits[node.input[1]], axis))
+        found.append((node, inits[node.input[1]], _reduction_axis(node)))
     if keep_first_last and len(found) > 1:
         found = found[1:-1]
     return found
@@ -67,6 +69,28 @@ def follows_two_of_four(weights: np.ndarray, axis: int) -> bool:
     if moved.shape[-1] % GROUP:
         return False
     return bool((np.count_nonzero(moved.reshape(-1, GROUP), axis=1) <= 2).all())
+
+
+def two_of_four_layers(path: Path) -> int:
+    """How many weight layers follow the 2:4 pattern (and have zeros), int8 QDQ weights included:
+    TensorRT runs those on sparse tensor cores when the engine is built with sparsity enabled."""
+    from onnx import numpy_helper
+
+    model = onnx_model.load_plain(path)
+    inits = {t.name: t for t in model.graph.initializer}
+    dequantized = {n.output[0]: n.input[0] for n in model.graph.node
+                   if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    count = 0
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or len(node.input) < 2:
+            continue
+        name = dequantized.get(node.input[1], node.input[1])
+        if name not in inits:
+            continue
+        weights = numpy_helper.to_array(inits[name])
+        if weights.ndim >= 2 and not weights.all() and follows_two_of_four(weights, _reduction_axis(node)):
+            count += 1
+    return count
 
 
 def sparsify(source: Path, output: Path, *, pattern: str, sparsity: float,

@@ -38,7 +38,8 @@ def write_qdq(model: Path, cache: Path, output: Path, *, scheme: Int8Scheme, met
             nodes_to_quantize=list(only) if only is not None else None,
             op_types_to_quantize=list(op_types) if op_types else None,
             calibrate_method=ort_method(method), calibration_cache_path=str(cache),
-            extra_options={"ActivationSymmetric": scheme.symmetric_activations, "WeightSymmetric": True})
+            extra_options={"ActivationSymmetric": scheme.symmetric_activations, "WeightSymmetric": True,
+                           "QuantizeBias": scheme.quantize_bias})
     except Exception as exc:
         raise BackendError(f"onnxruntime.quantization failed on {model.name}: {first_line(exc)}") from None
     finally:

@@ -25,6 +25,8 @@ class Int8Scheme(StrictModel):
                            "used for transformers")
     engine: Literal["onnxruntime", "nncf"] = Field(
         "onnxruntime", description="who writes the QDQ model: onnxruntime.quantization or NNCF")
+    quantize_bias: bool = Field(True, description="int32 biases (ORT, OpenVINO); TensorRT dequantizes "
+                                                  "int8 only and keeps biases in float")
     calibration_cache: bool = Field(False, description="ship calib.cache (TensorRT format) in the bundle")
     tensorrt_version: str = Field("8.6.1", pattern=r"^\d+\.\d+(\.\d+)?$",
                                   description="the version written into calib.cache's header")

@@ -47,10 +47,13 @@ def write_cache(ranges: dict[str, tuple[float, float]], path: Path, *, tensorrt_
     """
     scales = {name: max(abs(low), abs(high)) / 127.0 for name, (low, high) in ranges.items()}
     scales = dict(sorted({**scales, **(qdq_scales or {})}.items()))
-    lines = [f"TRT-{version_code(tensorrt_version)}-{CALIBRATORS[method]}"]
-    lines += [f"{name}: {struct.pack('>f', scale).hex()}" for name, scale in scales.items()]
-    path.write_text("\n".join(lines) + "\n", encoding="ascii")
+    _write(path, f"TRT-{version_code(tensorrt_version)}-{CALIBRATORS[method]}", scales)
     return scales
+
+
+def _write(path: Path, header: str, scales: dict[str, float]) -> None:
+    lines = [header] + [f"{name}: {struct.pack('>f', scale).hex()}" for name, scale in scales.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="ascii")
 
 
 def read_cache(path: Path) -> tuple[str, dict[str, float]]:
@@ -65,3 +68,15 @@ def read_cache(path: Path) -> tuple[str, dict[str, float]]:
             raise ValueError(f"{path}: malformed line {line!r}")
         scales[name] = struct.unpack(">f", bytes.fromhex(value))[0]
     return lines[0], scales
+
+
+def restrict_cache(path: Path, keep: set[str]) -> int:
+    """Keep only the tensors in `keep` (those the QDQ model quantizes); return how many remain.
+
+    For TensorRT 8.x's implicit int8: a tensor with a scale may run int8, one without stays
+    in float. Layers the quantize stage kept in float (fallback) must not regain a scale.
+    """
+    header, scales = read_cache(path)
+    kept = {name: scale for name, scale in sorted(scales.items()) if name in keep}
+    _write(path, header, kept)
+    return len(kept)

@@ -28,6 +28,9 @@ class BuildContext:
     calib: str | None = None  # --calib: path, file.py:fn or "random"
     eval: str | None = None  # --eval: path or file.py:fn
     train: str | None = None  # --train: fine-tuning data for the prune stage
+    # --input NAME:MIN/OPT/MAX: optimization-profile ranges for backends that build for a range
+    shape_ranges: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = field(
+        default_factory=dict)
 
 
 @dataclass

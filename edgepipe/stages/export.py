@@ -1,4 +1,5 @@
-"""Export: turn the user's model into a checked, normalised ONNX file with static shapes.
+"""Export: turn the user's model into a checked, normalised ONNX file with static shapes
+(except the input axes given a MIN/OPT/MAX range, for runtimes that build for one).
 
 torch sources go through `torch.onnx.export`: the TorchScript-based exporter by
 default (opset 17, what TensorRT 8.5 and onnx2tf read best), the dynamo exporter
@@ -49,6 +50,12 @@ class ExportStage:
                                                "nodes": len(proto.graph.node)}, warnings=notes)
 
 
+def ranged_axes(ctx: BuildContext) -> dict[str, set[int]]:
+    """Input axes given as a MIN/OPT/MAX range (TensorRT profiles): those stay dynamic."""
+    return {name: {axis for axis, (low, high) in enumerate(zip(r[0], r[2], strict=True)) if low != high}
+            for name, r in ctx.shape_ranges.items() if r[0] != r[2]}
+
+
 def _finish(proto, ctx: BuildContext, output: Path):
     """Static shapes, tidy graph, inferred shapes, checker: the contract of every later stage."""
     import onnx
@@ -56,7 +63,7 @@ def _finish(proto, ctx: BuildContext, output: Path):
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)  # the source model is shared with the reference: never edit it
     proto = copy
-    onnx_model.set_static_input_shapes(proto, ctx.inputs)
+    onnx_model.set_static_input_shapes(proto, ctx.inputs, ranged_axes(ctx))
     proto = onnx_model.normalise(proto)
     proto = onnx_model.infer_shapes(proto, output)
     try:
@@ -105,7 +112,9 @@ def _export_torch(ctx: BuildContext, settings: ExportSettings, module=None):
             else:
                 torch.onnx.export(
                     module, args, str(path), dynamo=False, opset_version=settings.opset,
-                    input_names=input_names, output_names=output_names, do_constant_folding=True)
+                    input_names=input_names, output_names=output_names, do_constant_folding=True,
+                    dynamic_axes={name: {axis: f"{name}_{axis}" for axis in sorted(axes)}
+                                  for name, axes in ranged_axes(ctx).items()} or None)
         except Exception as exc:
             raise BadInputError(f"{source.spec}: cannot export to ONNX ({exporter} exporter, "
                                 f"opset {settings.opset}): {first_line(exc)}") from None

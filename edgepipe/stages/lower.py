@@ -9,6 +9,7 @@ from pydantic import Field
 
 from edgepipe.artifact import Artifact
 from edgepipe.backends import get_backend
+from edgepipe.backends.base import LowerHints
 from edgepipe.errors import BadInputError
 from edgepipe.settings import StrictModel
 from edgepipe.stages.base import BuildContext, StageOutcome
@@ -32,8 +33,11 @@ class LowerStage:
             raise BadInputError(f"profile '{ctx.profile.name}': [lower] precision '{settings.precision}' "
                                 f"is not available on backend {backend.name} "
                                 f"(available: {', '.join(backend.precisions)})")
+        hints = LowerHints(shape_ranges=ctx.shape_ranges, model_name=ctx.source.name)
         artifact, warnings, facts = backend.lower(model, ctx.target.lower, ctx.target.runtime,
-                                                  ctx.bundle_dir, settings.precision)
+                                                  ctx.bundle_dir, settings.precision, hints)
+        engine = facts.pop("engine", None)  # TensorRT: the engine plan, for the manifest
         return StageOutcome(artifact=artifact, warnings=warnings,
                             metrics={"backend": backend.name, **backend.runtime_versions(),
-                                     "precision": settings.precision, "runtime_reports": facts})
+                                     "precision": settings.precision, "runtime_reports": facts,
+                                     **({"engine": engine} if engine else {})})
