@@ -29,6 +29,8 @@ def _skip_reason(candidate: Profile, target: Target, host_precisions: tuple[str,
     precision = getattr(candidate.stage_settings.get("lower"), "precision", "f32")
     if precision not in backend.precisions:
         return f"backend {backend.name} has no {precision}"
+    if not host_precisions:
+        return f"this host cannot run {backend.name} bundles (the device must time them)"
     if precision not in host_precisions:
         return f"this host's {target.runtime.model_dump().get('device', 'CPU')} cannot run {precision}"
     if "quantize" in candidate.stages and not has_calibration:

@@ -170,15 +170,15 @@ def _engine_section(manifest: dict[str, Any]) -> list[str]:
     checks = manifest["backend"]["runtime_reports"].get("prechecks", {})
     gpu = engine["compute_capability"] or "the building GPU's"
     dla = "GPU only" if engine["dla_core"] is None else f"DLA core {engine['dla_core']}"
-    status = ("built on the build host" if engine["built"] else
-              "not built yet: the device builds it (`bash build_engine.sh` or `python3 run.py --build-engine`)")
+    status = ("built on the build host" if engine["built"] else "not built yet: the device builds it "
+              "(`bash build_engine.sh` or `python3 run.py --build-engine`)")
     return ["", "## TensorRT engine", "",
             f"TensorRT {engine['tensorrt_version']}, compute capability {gpu}, {dla}, precision "
             f"{engine['precision']}" + (f" ({engine['int8_mode']})" if engine["int8_mode"] else "")
             + f"; `{engine['engine']}` {status}.", "",
-            f"Pre-checks passed on this host: {checks.get('nodes', '?')} nodes, {checks.get('op_types', '?')} "
-            f"op types, opset {checks.get('opset', '?')}, {checks.get('qdq_nodes', 0)} Q/DQ nodes (all "
-            "symmetric int8).", "",
+            f"Pre-checks passed on this host: {checks.get('nodes', '?')} nodes, "
+            f"{checks.get('op_types', '?')} op types, opset {checks.get('opset', '?')}, "
+            f"{checks.get('qdq_nodes', 0)} Q/DQ nodes (all symmetric int8).", "",
             "```sh", "trtexec " + " ".join(trtexec_args(EnginePlan(**fields))), "```"]
 
 
