@@ -266,8 +266,9 @@ def keygen(path: Path, kind: str = "ed25519", force: bool = False) -> list[Path]
 
 def profile(bundle: Path, *, runs: int = 100, warmup: int = 10, threads: int | None = None,
             out: Path | None = None, layers: bool = False, remote: RemoteHost | None = None,
-            min_duration: float = 0.0) -> tuple[Path, dict[str, Any]]:
-    """Time a bundle with its own runner in a fresh process; write profile.json atomically."""
+            min_duration: float = 0.0, energy: str | None = None) -> tuple[Path, dict[str, Any]]:
+    """Time a bundle with its own runner in a fresh process; write profile.json atomically.
+    `energy` overrides the target's meter (run.py --energy), e.g. a fleet board's own."""
     if runs < 1 or warmup < 0 or (threads is not None and threads < 0):
         raise BadInputError("--runs must be at least 1, --warmup and --threads at least 0")
     manifest = manifest_io.load_manifest(bundle)
@@ -278,10 +279,10 @@ def profile(bundle: Path, *, runs: int = 100, warmup: int = 10, threads: int | N
         raise BadInputError("--min-duration must be at least 0")
     if remote is None:
         raw = run_bundle_benchmark(bundle, runs=runs, warmup=warmup, threads=threads, layers=layers,
-                                   min_duration=min_duration)
+                                   min_duration=min_duration, energy=energy)
     else:
         raw = run_remote_benchmark(bundle, remote, runs=runs, warmup=warmup, threads=threads, layers=layers,
-                                   min_duration=min_duration)
+                                   min_duration=min_duration, energy=energy)
     data = make_profile(bundle, manifest, raw, threads, remote=remote.host if remote else None)
     out = out or default_profile_path(bundle)
     write_json_atomically(out, data)

@@ -371,18 +371,108 @@ def compare(
     as_json: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
-    """Decide whether NEW regressed against BASELINE; exit 1 on a significant regression."""
+    """Decide whether NEW regressed against BASELINE (two profile.json, or two matrix.json compared
+    cell by cell and board by board); exit 1 on a significant regression."""
     from edgepipe.compare import compare_files, parse_threshold
+    from edgepipe.matrix import report as matrix_report
 
     with _errors_to_exit_codes(debug, as_json):
-        result = compare_files(baseline, new, metric=metric, max_slowdown=parse_threshold(max_slowdown),
-                               alpha=alpha)
+        if matrix_report.is_matrix_json(baseline):
+            if metric not in ("p50", "p90"):
+                raise BadInputError(f"--metric {metric!r}: matrices compare p50 or p90 latency")
+            result = matrix_report.compare(matrix_report.load_matrix_json(baseline),
+                                           matrix_report.load_matrix_json(new), metric=metric,
+                                           max_slowdown=parse_threshold(max_slowdown), alpha=alpha)
+        else:
+            result = compare_files(baseline, new, metric=metric, max_slowdown=parse_threshold(max_slowdown),
+                                   alpha=alpha)
         if as_json:
             _print_json(result)
+        elif result.get("kind") == "matrix":
+            _render_matrix_compare(result)
         else:
             _render_compare(result)
     if result["exit_code"]:
         raise typer.Exit(result["exit_code"])
+
+
+def _render_matrix_compare(result: dict[str, Any]) -> None:
+    table = Table(title=f"matrix comparison: {result['regressions']} regression(s)")
+    for column in ("model", "target", "profile", "check", "baseline", "new", "verdict"):
+        table.add_column(column)
+    for row in result["rows"]:
+        model, target, profile_name = row["cell"]
+        values = [_number(row.get("baseline")), _number(row.get("new"))]
+        color = {"regression": "red", "pass": "green"}.get(row["verdict"], "yellow")
+        table.add_row(model, target, profile_name, row["check"], *values, f"[{color}]{row['verdict']}[/]")
+    _stdout().print(table)
+
+
+def _number(value: Any) -> str:
+    return "—" if value is None else f"{value:.4g}"
+
+
+@app.command()
+def matrix(
+    matrix_file: Annotated[Path, typer.Argument(help="MATRIX.toml: models, targets, profiles, exclusions.")],
+    address: Annotated[str | None, typer.Option(
+        help="Join this Ray cluster (ray://host:10001, host:6379 or auto); default: a local instance.")]
+    = None,
+    jobs: Annotated[int | None, typer.Option(help="Builds in flight (default: this machine's CPUs).")] = None,
+    devices: Annotated[Path | None, typer.Option(help="devices.toml (default: the matrix file's `devices`).")]
+    = None,
+    out: Annotated[Path, typer.Option(help="Where matrix.json, matrix.md and profiles go.")]
+    = Path("matrix-results"),
+    as_json: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Build every model x target x profile on Ray (content-addressed cache), profile each on the
+    boards of its target, and exit with the worst cell's code."""
+    from edgepipe.matrix.orchestrate import run_matrix
+    from edgepipe.matrix.spec import load_matrix
+
+    err = _stderr()
+    with _errors_to_exit_codes(debug, as_json):
+        loaded = load_matrix(matrix_file, devices)
+
+        def on_cell(cell: dict[str, Any]) -> None:
+            mark = {"built": "[green]✓ built [/]", "cached": "[cyan]✓ cached[/]"}.get(
+                cell["status"], "[red]✗ failed[/]")
+            detail = (f"  {escape(cell['error'])}" if cell["status"] == "failed"
+                      else f"  {cell['seconds']:.1f} s")
+            err.print(f"{mark} {cell['model']} / {cell['target']} / {cell['profile']}{detail}",
+                      markup=True, highlight=False)
+
+        result = run_matrix(loaded, out=out, address=address, jobs=jobs, on_cell=on_cell)
+        if as_json:
+            _print_json(result)
+        else:
+            _render_matrix(result, out)
+    if result["summary"]["exit_code"]:
+        raise typer.Exit(result["summary"]["exit_code"])
+
+
+def _render_matrix(result: dict[str, Any], out: Path) -> None:
+    devices = sorted({name for c in result["cells"] for name in c["devices"]})
+    table = Table(title=f"matrix: {result['summary']['cells']} cells in {result['seconds']:.1f} s")
+    columns = ("model", "target", "profile", "status", "MiB", "top-1 int8", *(f"{d} p50 ms" for d in devices))
+    for column in columns:
+        table.add_column(column)
+    for cell in result["cells"]:
+        size = cell.get("size_bytes")
+        row = [cell["model"], cell["target"], cell["profile"], cell["status"],
+               "—" if size is None else f"{size / 2**20:.2f}",
+               _number(cell.get("accuracy", {}).get("top1_int8"))]
+        for name in devices:
+            entry = cell["devices"].get(name)
+            row.append("" if entry is None else
+                       f"{entry['p50_ms']:.3f}" if entry["status"] == "profiled" else entry["status"])
+        table.add_row(*row)
+    _stdout().print(table)
+    unreachable = result["summary"]["unreachable_devices"]
+    if unreachable:
+        _stderr().print(f"[yellow]warning:[/] unreachable devices: {', '.join(unreachable)}", markup=True)
+    _stdout().print(f"written: {out / 'matrix.json'}, {out / 'matrix.md'}", markup=False)
 
 
 def _render_compare(result: dict[str, Any]) -> None:

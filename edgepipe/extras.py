@@ -16,6 +16,7 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "tensorrt": "tensorrt",
     "sklearn": "examples",
     "matplotlib": "report",
+    "ray": "matrix",
 }
 
 

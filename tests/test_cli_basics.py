@@ -46,7 +46,7 @@ def test_unknown_command_is_a_usage_error():
 # Blocks the optional heavy libraries the way a core-only install lacks them.
 _WITHOUT_EXTRAS = textwrap.dedent("""
     import sys
-    for name in ("torch", "openvino", "nncf", "tensorrt", "tensorflow"):
+    for name in ("torch", "openvino", "nncf", "tensorrt", "tensorflow", "ray"):
         sys.modules[name] = None
     sys.argv = ["edgepipe", *sys.argv[1:]]
     from edgepipe.cli import main
@@ -63,6 +63,15 @@ def test_core_runs_without_extras():
     assert _edgepipe_without_extras("--help").returncode == 0
     listing = _edgepipe_without_extras("targets")
     assert listing.returncode == 0, listing.stderr
+
+
+def test_matrix_without_ray_names_the_extra(tmp_path, digits_onnx):
+    matrix = tmp_path / "matrix.toml"
+    matrix.write_text(f'targets = ["onnxruntime-cpu"]\nprofiles = ["fp32"]\ncache = "c"\n'
+                      f'[[models]]\nname = "d"\nmodel = "{digits_onnx}"\n')
+    result = _edgepipe_without_extras("matrix", str(matrix), "--out", str(tmp_path / "r"))
+    assert result.returncode == 3
+    assert "pip install 'edgepipe[matrix]'" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_torch_model_without_torch_names_the_extra():
@@ -84,7 +93,7 @@ def test_default_cpu_target_without_openvino_names_the_extra_and_the_way_around(
 
 def test_importing_the_api_loads_no_heavy_library():
     code = ("import sys, edgepipe.api, edgepipe.cli; "
-            "print(sorted(m for m in ('torch', 'openvino', 'tensorrt', 'tensorflow') "
+            "print(sorted(m for m in ('torch', 'openvino', 'tensorrt', 'tensorflow', 'ray') "
             "if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)

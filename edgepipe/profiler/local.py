@@ -18,10 +18,11 @@ from edgepipe.errors import BackendError, BadInputError, EdgepipeError
 
 def run_bundle_benchmark(bundle: Path, *, runs: int, warmup: int, threads: int | None,
                          python: str = sys.executable, timeout_s: float = 3600,
-                         layers: bool = False, min_duration: float = 0.0) -> dict[str, Any]:
+                         layers: bool = False, min_duration: float = 0.0,
+                         energy: str | None = None) -> dict[str, Any]:
     command = [python, str(bundle / "run.py"), "--benchmark", "--json", "--runs", str(runs),
                "--warmup", str(warmup), "--min-duration", str(min_duration),
-               *(["--layers"] if layers else [])]
+               *(["--layers"] if layers else []), *(["--energy", energy] if energy else [])]
     if threads is not None:
         command += ["--threads", str(threads)]
     try:

@@ -80,7 +80,8 @@ def _run(command: list[str], timeout_s: float, host: str) -> subprocess.Complete
 
 
 def run_remote_benchmark(bundle: Path, remote: RemoteHost, *, runs: int, warmup: int, threads: int | None,
-                         layers: bool, min_duration: float = 0.0, timeout_s: float = 3600) -> dict[str, Any]:
+                         layers: bool, min_duration: float = 0.0, timeout_s: float = 3600,
+                         energy: str | None = None) -> dict[str, Any]:
     """The bundle's run.py --verify --benchmark on `remote`; its JSON result."""
     made = remote.ssh(f"mktemp -d -t {REMOTE_PREFIX}XXXXXX", 60)
     if made.returncode != 0:
@@ -98,6 +99,8 @@ def run_remote_benchmark(bundle: Path, remote: RemoteHost, *, runs: int, warmup:
             command += ["--threads", str(threads)]
         if layers:
             command.append("--layers")
+        if energy:
+            command += ["--energy", energy]
         done = remote.ssh(shlex.join(command), timeout_s)
         if done.returncode != 0:
             raise BackendError(f"run.py on {remote.host} failed: {_last_line(done.stderr)}")
