@@ -184,3 +184,14 @@ target = "onnxruntime-cpu"
     assert regressed.returncode == 1, regressed.stdout
     verdicts = [r["verdict"] for r in json.loads(regressed.stdout)["rows"] if r["check"] == "latency@board-a"]
     assert verdicts.count("regression") == 1
+
+
+def test_a_malformed_matrix_file_is_one_line(cli, tmp_path):
+    from tests.conftest import assert_one_line_error
+
+    path = tmp_path / "matrix.toml"
+    path.write_text('targets = ["cpu"]\nprofiles = ["fp32"]\nmodles = []\n')
+    result = cli("matrix", path, "--out", tmp_path / "r")
+    assert result.exit_code == 2
+    assert_one_line_error(result.stderr, "matrix.toml")
+    assert not (tmp_path / "r").exists()

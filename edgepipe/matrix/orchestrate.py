@@ -82,6 +82,7 @@ def run_matrix(matrix: Matrix, *, out: Path, address: str | None = None, jobs: i
     from edgepipe.matrix import report
 
     started = time.perf_counter()
+    out = out.resolve()  # workers and board actors may run in another working directory
     jobs = jobs or os.cpu_count() or 1
     if jobs < 1:
         raise BadInputError("--jobs must be at least 1")
