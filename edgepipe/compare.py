@@ -39,15 +39,21 @@ def parse_threshold(text: str) -> float:
     return value
 
 
-def load_profile_json(path: Path) -> dict[str, Any]:
+def load_document(path: Path, schema: str, what: str) -> dict[str, Any]:
+    """A JSON file edgepipe wrote (profile.json, matrix.json), or a one-line error saying why not."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise BadInputError(f"{path}: no such file") from None
     except (ValueError, OSError) as exc:
-        raise BadInputError(f"{path}: not a readable profile.json ({exc})") from None
-    if not isinstance(data, dict) or data.get("schema") != PROFILE_SCHEMA:
-        raise BadInputError(f"{path}: not an edgepipe profile (schema {PROFILE_SCHEMA!r} expected)")
+        raise BadInputError(f"{path}: not a readable {what} ({exc})") from None
+    if not isinstance(data, dict) or data.get("schema") != schema:
+        raise BadInputError(f"{path}: not an edgepipe {what} (schema {schema!r} expected)")
+    return data
+
+
+def load_profile_json(path: Path) -> dict[str, Any]:
+    data = load_document(path, PROFILE_SCHEMA, "profile.json")
     samples = data.get("latency_ms", {}).get("samples")
     if not isinstance(samples, list) or len(samples) < 5:
         raise BadInputError(f"{path}: needs at least 5 raw latency samples to compare")

@@ -22,8 +22,6 @@ from edgepipe.matrix.cache import BuildCache, cache_key, tool_fingerprint
 from edgepipe.matrix.spec import Cell, Matrix
 from edgepipe.matrix.tasks import DeviceWorker, build_cell
 
-SCHEMA = "edgepipe.matrix/1"
-
 
 def _job(matrix: Matrix, cell: Cell, cache: BuildCache, tools: dict[str, str]) -> dict[str, Any]:
     """The build job of a cell, with its cache key; raises EdgepipeError for a cell-level problem."""
@@ -128,7 +126,7 @@ def run_matrix(matrix: Matrix, *, out: Path, address: str | None = None, jobs: i
             import ray
 
             ray.shutdown()  # stops a local instance; with --address, only disconnects this driver
-    result = {"schema": SCHEMA, "matrix": str(matrix.path), "cache": str(cache.root),
+    result = {"schema": report.SCHEMA, "matrix": str(matrix.path), "cache": str(cache.root),
               "seconds": round(time.perf_counter() - started, 2), "ray": ray_info, "tools": tools,
               "cells": cells, "devices": device_rows, "summary": report.summary(cells, device_rows)}
     report.write(result, out)

@@ -6,9 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from edgepipe.errors import BadInputError
-
-FAILED_STATUSES = ("failed",)
+SCHEMA = "edgepipe.matrix/1"
 
 
 def summary(cells: list[dict[str, Any]], devices: list[dict[str, Any]]) -> dict[str, Any]:
@@ -69,20 +67,14 @@ def write(result: dict[str, Any], out: Path) -> None:
 
 
 def load_matrix_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BadInputError(f"{path}: no such file") from None
-    except (ValueError, OSError) as exc:
-        raise BadInputError(f"{path}: not a readable matrix.json ({exc})") from None
-    if not isinstance(data, dict) or data.get("schema") != "edgepipe.matrix/1":
-        raise BadInputError(f"{path}: not an edgepipe matrix.json")
-    return data
+    from edgepipe.compare import load_document
+
+    return load_document(path, SCHEMA, "matrix.json")
 
 
 def is_matrix_json(path: Path) -> bool:
     try:
-        return json.loads(path.read_text(encoding="utf-8")).get("schema") == "edgepipe.matrix/1"
+        return json.loads(path.read_text(encoding="utf-8")).get("schema") == SCHEMA
     except (OSError, ValueError, AttributeError):
         return False
 
