@@ -53,14 +53,19 @@ class DeviceEntry(StrictModel):
                                                "at once measures nonsense")
 
 
+def _require_unique(names: list[str], what: str) -> None:
+    """Names key the cells, profiles and matrix.json entries: a repeat would overwrite silently."""
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{what} names must be unique: {', '.join(repeated)} repeated")
+
+
 class FleetFile(StrictModel):
     devices: list[DeviceEntry] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _unique(self) -> FleetFile:
-        names = [d.name for d in self.devices]
-        if len(names) != len(set(names)):
-            raise ValueError(f"device names must be unique: {names}")
+        _require_unique([d.name for d in self.devices], "device")
         return self
 
 
@@ -75,9 +80,7 @@ class MatrixFile(StrictModel):
 
     @model_validator(mode="after")
     def _unique(self) -> MatrixFile:
-        names = [m.name for m in self.models]
-        if len(names) != len(set(names)):
-            raise ValueError(f"model names must be unique: {names}")
+        _require_unique([m.name for m in self.models], "model")
         return self
 
 
