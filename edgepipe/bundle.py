@@ -12,6 +12,7 @@ from edgepipe.onnx_model import save
 from edgepipe.pipeline import PipelineResult
 from edgepipe.reference import Reference
 from edgepipe.sources import SourceModel
+from edgepipe.stages.lower import MANIFEST_DETAIL
 
 RUNNER_SCRIPT = Path(__file__).parent / "device" / "run.py"
 ENERGY_PACKAGE = Path(__file__).parent / "profiler" / "energy"  # run.py imports it as `energy`
@@ -70,8 +71,9 @@ def write_bundle(bundle: Path, *, source: SourceModel, target: Target, target_sp
             "precision": _lower_metrics(result).get("precision", "f32"),
             "runtime_reports": _lower_metrics(result).get("runtime_reports", {}),
             "versions": backend_versions,
-            # TensorRT: the engine plan (build_engine.sh, run.py --build-engine) and compatibility
-            **({"engine": _lower_metrics(result)["engine"]} if "engine" in _lower_metrics(result) else {}),
+            # TensorRT: the engine plan (build_engine.sh, run.py --build-engine) and compatibility;
+            # TFLite: the converter route, the int8 scheme and the model's own I/O.
+            **{key: _lower_metrics(result)[key] for key in MANIFEST_DETAIL if key in _lower_metrics(result)},
         },
         "portable_model": PORTABLE_NAME,
         "inputs": [spec.to_json() | {"preprocessing": _preprocessing(result, spec.name)}

@@ -17,6 +17,10 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "sklearn": "examples",
     "matplotlib": "report",
     "ray": "matrix",
+    "ai_edge_litert": "tflite",
+    "litert_torch": "tflite",
+    "onnx2tf": "tflite",
+    "tensorflow": "tflite",
 }
 
 

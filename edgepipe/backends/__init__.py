@@ -10,6 +10,7 @@ _REGISTRY: dict[str, str] = {
     "onnxruntime": "edgepipe.backends.onnxruntime:OnnxRuntimeBackend",
     "openvino": "edgepipe.backends.openvino:OpenVinoBackend",
     "tensorrt": "edgepipe.backends.tensorrt:TensorRtBackend",
+    "tflite": "edgepipe.backends.tflite:TfliteBackend",
 }
 
 __all__ = ["Backend", "Runner", "backend_names", "get_backend"]

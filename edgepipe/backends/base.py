@@ -69,12 +69,18 @@ class Runner(ABC):
 
 @dataclass(frozen=True)
 class LowerHints:
-    """What the build knows beyond the model file, for backends that need it (TensorRT):
-    optimization-profile ranges given with `--input NAME:MIN/OPT/MAX`, and the model name."""
+    """What the build knows beyond the model file, for backends that need it: TensorRT's
+    optimization-profile ranges (`--input NAME:MIN/OPT/MAX`); for TFLite's litert-torch
+    route the source module itself, sample arguments, and which stages ran before."""
 
     shape_ranges: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = field(
         default_factory=dict)
     model_name: str = "model"
+    source_kind: str = "onnx"
+    source_module: Any = None  # the nn.Module of a torch source, else None
+    example_args: tuple[Any, ...] = ()  # torch tensors in input order, for converters that trace
+    stages: tuple[str, ...] = ()
+    work_dir: Path = Path(".")  # scratch space outside the bundle
 
 
 class Backend(Protocol):

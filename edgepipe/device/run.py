@@ -235,6 +235,142 @@ class OpenVinoModel:
         return {"source": "OpenVINO PERF_COUNT (real time)", "runs": runs, "totals": totals}
 
 
+# Devices carry whichever LiteRT build their image has: the current package, the old
+# standalone runtime, or full TensorFlow.
+TFLITE_RUNTIMES = ("ai_edge_litert.interpreter", "tflite_runtime.interpreter", "tensorflow.lite")
+# Shared libraries of the delegates a target may name; load_delegate() finds them on the
+# device's library path.
+TFLITE_DELEGATES = {"gpu": "libtensorflowlite_gpu_delegate.so", "nnapi": "libnnapi_delegate.so",
+                    "edgetpu": "libedgetpu.so.1", "hexagon": "libhexagon_delegate.so"}
+
+
+def tflite_runtime():
+    """(module with Interpreter and load_delegate, its name, its version)."""
+    import importlib
+    for name in TFLITE_RUNTIMES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if name == "tensorflow.lite":  # the same names, one level down
+            from types import SimpleNamespace
+            module = SimpleNamespace(Interpreter=module.Interpreter,
+                                     load_delegate=module.experimental.load_delegate,
+                                     OpResolverType=module.experimental.OpResolverType)
+            return module, "tensorflow.lite", importlib.import_module("tensorflow").__version__
+        package = name.split(".")[0]
+        try:
+            from importlib.metadata import version as dist_version
+            version = dist_version(package.replace("_", "-"))
+        except Exception:
+            version = "unknown"
+        return module, package, version
+    raise RunError("this bundle needs a LiteRT interpreter: pip install ai-edge-litert "
+                   "(or tflite-runtime, or tensorflow)", 3)
+
+
+def tflite_interpreter(model: bytes, threads: int, xnnpack: bool, delegate: str):
+    """A LiteRT interpreter with the target's threads, XNNPACK choice and delegate."""
+    module, runtime, version = tflite_runtime()
+    options: dict = {"model_content": model, "num_threads": threads or None}
+    if delegate != "none":
+        library = TFLITE_DELEGATES.get(delegate, delegate)
+        try:
+            options["experimental_delegates"] = [module.load_delegate(library)]
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise RunError(f"the target asks for the LiteRT {delegate} delegate, which is not available "
+                           f"here: cannot load {library} ({str(exc).strip().splitlines()[0]})", 3) from None
+    if not xnnpack:
+        resolver = getattr(module, "OpResolverType", None)
+        if resolver is None:
+            raise RunError(f"{runtime} {version} cannot switch XNNPACK off", 3)
+        options["experimental_op_resolver_type"] = resolver.BUILTIN_WITHOUT_DEFAULT_DELEGATES
+    try:
+        interpreter = module.Interpreter(**options)
+        interpreter.allocate_tensors()
+    except (ValueError, RuntimeError) as exc:
+        raise RunError(f"{runtime} could not load the model: {str(exc).strip().splitlines()[0]}", 3) from None
+    return interpreter, runtime, version
+
+
+def to_model_layout(array: np.ndarray, shape: list) -> np.ndarray:
+    """A feed in the source layout (N, C, ...) or already in the model's (N, ..., C)."""
+    if list(array.shape) == list(shape):
+        return array
+    perm = (0, *range(2, array.ndim), 1)
+    if array.ndim >= 3 and [array.shape[i] for i in perm] == list(shape):
+        return np.ascontiguousarray(array.transpose(perm))
+    raise RunError(f"input of shape {list(array.shape)}; the model takes {list(shape)}")
+
+
+def to_source_layout(array: np.ndarray, shape: list) -> np.ndarray:
+    """An output back in the manifest's layout when the converter made it channel-last."""
+    if list(array.shape) == list(shape) or array.ndim < 3:
+        return array
+    perm = (0, array.ndim - 1, *range(1, array.ndim - 1))
+    transposed = array.transpose(perm)
+    return np.ascontiguousarray(transposed) if list(transposed.shape) == list(shape) else array
+
+
+def quantize_to(array: np.ndarray, details: dict) -> np.ndarray:
+    """Float feed → an int8/uint8 model input, with the input's own scale and zero point."""
+    dtype = np.dtype(details["dtype"])
+    if dtype.kind == "f" or array.dtype == dtype:
+        return array.astype(dtype, copy=False)
+    scale, zero = details["quantization"]
+    info = np.iinfo(dtype)
+    return np.clip(np.round(array / scale) + zero, info.min, info.max).astype(dtype)
+
+
+def dequantize(array: np.ndarray, details: dict) -> np.ndarray:
+    scale, zero = details["quantization"]
+    if array.dtype.kind == "f" or not scale:
+        return array
+    return ((array.astype(np.float32) - zero) * scale).astype(np.float32)
+
+
+class TfliteModel:
+    """The bundle's model.tflite in whichever LiteRT interpreter the device has.
+
+    Feeds come in the manifest's layout (or already channel-last) and as float; the
+    model's own layout and integer I/O (scale, zero point) are applied here, so device
+    code can hand either a tensor as exported or a camera frame.
+    """
+
+    def __init__(self, bundle: Path, manifest: dict, threads: int | None, key: bytes | None = None) -> None:
+        settings = manifest["backend"]["runtime"]
+        path = bundle / manifest["backend"]["artifact"]
+        content = model_bytes(bundle, manifest, path.name, key)
+        if content is None:
+            content = path.read_bytes()
+        count = settings["threads"] if threads is None else threads
+        self.interpreter, runtime, version = tflite_interpreter(content, count, settings["xnnpack"],
+                                                                settings["delegate"])
+        io = manifest["backend"]["tflite"]["io"]
+        self.inputs = io["inputs"]
+        self.outputs = io["outputs"]
+        details = {d["name"]: d for d in self.interpreter.get_input_details()}
+        self._input_details = [details[entry["tensor"]] for entry in self.inputs]
+        details = {d["name"]: d for d in self.interpreter.get_output_details()}
+        self._output_details = [details[entry["tensor"]] for entry in self.outputs]
+        self.runtime = {"name": runtime, "version": version, "threads": count,
+                        "xnnpack": settings["xnnpack"], "delegate": settings["delegate"]}
+        self.warnings = []
+
+    def infer(self, feed: dict) -> dict:
+        for entry, details in zip(self.inputs, self._input_details, strict=True):
+            array = to_model_layout(np.asarray(feed[entry["name"]]), list(details["shape"]))
+            self.interpreter.set_tensor(details["index"], quantize_to(array, details))
+        self.interpreter.invoke()
+        return {entry["name"]: to_source_layout(dequantize(self.interpreter.get_tensor(details["index"]),
+                                                           details), entry["shape"])
+                for entry, details in zip(self.outputs, self._output_details, strict=True)}
+
+    def layer_times(self, feed: dict, runs: int) -> dict:
+        raise RunError("LiteRT's Python interpreter has no per-op profiler; on the device use LiteRT's "
+                       "benchmark_model --enable_op_profiling=true --graph=model.tflite", 3)
+
+
 def engine_module(bundle: Path):
     """The bundle's trt_engine.py (TensorRT bundles only), loaded by path: no sys.path change."""
     import importlib.util
@@ -305,7 +441,8 @@ def per_layer(model, feed: dict, runs: int, top: int = 25) -> dict:
                         "share": round(entry["us"] / total_us, 4)} for name, entry in ranked[:top]]}
 
 
-BACKENDS = {"onnxruntime": OnnxRuntimeModel, "openvino": OpenVinoModel, "tensorrt": TensorRtModel}
+BACKENDS = {"onnxruntime": OnnxRuntimeModel, "openvino": OpenVinoModel, "tensorrt": TensorRtModel,
+            "tflite": TfliteModel}
 
 
 # ---------------------------------------------------------------- bundle and inputs
@@ -413,7 +550,8 @@ def read_inputs(path: Path, specs: list) -> dict:
         if spec["name"] not in arrays:
             raise RunError(f"{path}: no array named '{spec['name']}'")
         array = arrays[spec["name"]]
-        if array.dtype.name != spec["dtype"] or list(array.shape) != spec["shape"]:
+        shapes = [spec["shape"], spec.get("device_shape")]  # TFLite: also the model's own layout
+        if array.dtype.name != spec["dtype"] or list(array.shape) not in shapes:
             raise RunError(f"{path}: '{spec['name']}' is {array.dtype.name} {list(array.shape)}, "
                            f"the model expects {spec['dtype']} {spec['shape']}")
         feed[spec["name"]] = array
@@ -655,6 +793,10 @@ def main(argv: list | None = None) -> int:
         if manifest["backend"]["name"] not in BACKENDS:
             raise RunError(f"this run.py cannot run backend '{manifest['backend']['name']}'", 3)
         specs = manifest["inputs"]
+        if "tflite" in manifest["backend"]:
+            io = manifest["backend"]["tflite"]["io"]
+            device = {entry["name"]: entry["model_shape"] for entry in io["inputs"]}
+            specs = [{**spec, "device_shape": device.get(spec["name"])} for spec in specs]
         if args.input and args.input.suffix.lower() in IMAGE_SUFFIXES:
             feed = read_image(args.input, specs)
         else:

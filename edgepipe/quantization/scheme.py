@@ -23,8 +23,9 @@ class Int8Scheme(StrictModel):
     dynamic_matmul: bool = Field(
         False, description="the runtime runs dynamically quantized MatMul well (ORT CPU); "
                            "used for transformers")
-    engine: Literal["onnxruntime", "nncf"] = Field(
-        "onnxruntime", description="who writes the QDQ model: onnxruntime.quantization or NNCF")
+    engine: Literal["onnxruntime", "nncf", "litert"] = Field(
+        "onnxruntime", description="who writes the int8 model: onnxruntime.quantization or NNCF (QDQ "
+                                   "ONNX), or the TFLite converter itself (litert)")
     quantize_bias: bool = Field(True, description="int32 biases (ORT, OpenVINO); TensorRT dequantizes "
                                                   "int8 only and keeps biases in float")
     calibration_cache: bool = Field(False, description="ship calib.cache (TensorRT format) in the bundle")

@@ -14,6 +14,18 @@ from edgepipe.errors import BadInputError
 from edgepipe.settings import StrictModel
 from edgepipe.stages.base import BuildContext, StageOutcome
 
+MANIFEST_DETAIL = ("engine", "tflite")
+
+
+def example_args(ctx: BuildContext) -> tuple:
+    """The first reference sample as torch tensors, for converters that trace a torch source."""
+    if ctx.source.module is None or not ctx.reference.inputs:
+        return ()
+    import torch
+
+    feed = ctx.reference.inputs[0]
+    return tuple(torch.from_numpy(feed[spec.name].copy()) for spec in ctx.inputs)
+
 
 class LowerSettings(StrictModel):
     """How to lower is the target's [lower] table; the profile only picks the float precision."""
@@ -33,11 +45,16 @@ class LowerStage:
             raise BadInputError(f"profile '{ctx.profile.name}': [lower] precision '{settings.precision}' "
                                 f"is not available on backend {backend.name} "
                                 f"(available: {', '.join(backend.precisions)})")
-        hints = LowerHints(shape_ranges=ctx.shape_ranges, model_name=ctx.source.name)
+        hints = LowerHints(shape_ranges=ctx.shape_ranges, model_name=ctx.source.name,
+                           source_kind=ctx.source.kind, source_module=ctx.source.module,
+                           example_args=example_args(ctx), stages=tuple(ctx.profile.stages),
+                           work_dir=ctx.work_dir)
         artifact, warnings, facts = backend.lower(model, ctx.target.lower, ctx.target.runtime,
                                                   ctx.bundle_dir, settings.precision, hints)
-        engine = facts.pop("engine", None)  # TensorRT: the engine plan, for the manifest
+        # Backend detail the manifest carries under `backend`: TensorRT's engine plan,
+        # TFLite's converter route and I/O record.
+        detail = {key: facts.pop(key) for key in MANIFEST_DETAIL if key in facts}
         return StageOutcome(artifact=artifact, warnings=warnings,
                             metrics={"backend": backend.name, **backend.runtime_versions(),
                                      "precision": settings.precision, "runtime_reports": facts,
-                                     **({"engine": engine} if engine else {})})
+                                     **detail})

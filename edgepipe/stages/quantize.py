@@ -33,6 +33,7 @@ from edgepipe.evaluation import (
 )
 from edgepipe.preprocessing import ImagePreprocessing
 from edgepipe.quantization import ranges, sensitivity, tensorrt_cache, transformer
+from edgepipe.quantization.litert import write_tflite_int8
 from edgepipe.quantization.qdq import (
     AccuracyControl,
     write_dynamic,
@@ -67,7 +68,7 @@ class QuantizeSettings(StrictModel):
     calib_count: int = Field(300, ge=1)
     eval_count: int = Field(500, ge=1)
     seed: int = 0
-    engine: Literal["auto", "onnxruntime", "nncf", "nncf-openvino"] = Field(
+    engine: Literal["auto", "onnxruntime", "nncf", "nncf-openvino", "litert"] = Field(
         "auto", description="auto: the target's [int8] engine; nncf-openvino: OpenVINO targets only")
     method: ranges.Method = "minmax"
     percentile: float = Field(99.99, gt=50, le=100)
@@ -186,7 +187,10 @@ class QuantizeStage:
             raise BadInputError(f"[quantize] engine \"nncf-openvino\" writes an OpenVINO IR; target "
                                 f"'{ctx.target.name}' uses {ctx.target.backend}")
         scheme, excluded, only = self._selection(proto, settings, model_type, ctx, engine)
-        suffix = ".xml" if engine == "nncf-openvino" else ".onnx"
+        if engine == "litert" and ctx.target.backend != "tflite":
+            raise BadInputError(f"[quantize] engine \"litert\" writes a .tflite; target "
+                                f"'{ctx.target.name}' uses {ctx.target.backend}")
+        suffix = {"nncf-openvino": ".xml", "litert": ".tflite"}.get(engine, ".onnx")
 
         def quantize(kept_float: Sequence[str], path: Path,
                      accuracy: AccuracyControl | None = None) -> _Candidate:
@@ -202,6 +206,9 @@ class QuantizeStage:
                                     scheme=ctx.target.int8, count=settings.calib_count,
                                     transformer=model_type == "transformer", exclude=exclude,
                                     accuracy=accuracy)
+            elif engine == "litert":
+                write_tflite_int8(prepared, path, lambda: source.samples(settings.calib_count), ctx,
+                                  model.outputs, per_channel=settings.per_channel, exclude=exclude)
             else:
                 write_qdq(prepared, cache, path, scheme=ctx.target.int8, method=settings.method,
                           per_channel=settings.per_channel, exclude=exclude, only=only)
@@ -244,6 +251,11 @@ class QuantizeStage:
             output = output.with_suffix(".xml")
             shutil.copyfile(candidate.path, output)
             shutil.copyfile(candidate.path.with_suffix(".bin"), output.with_suffix(".bin"))
+        elif suffix == ".tflite":
+            output = output.with_suffix(".tflite")
+            for companion in candidate.path.parent.glob(candidate.path.name + "*"):  # .io.json, .route.json
+                suffix_of_companion = companion.name[len(candidate.path.name):]
+                shutil.copyfile(companion, output.parent / (output.name + suffix_of_companion))
         else:
             shutil.copyfile(candidate.path, output)
         warnings = []
@@ -259,6 +271,11 @@ class QuantizeStage:
             artifact = Artifact(output, "openvino", model.inputs, model.outputs,
                                 (output.with_suffix(".bin"),))
             int8_bytes = output.stat().st_size + output.with_suffix(".bin").stat().st_size
+        elif suffix == ".tflite":
+            warnings.append("int8 lives in the .tflite its converter wrote (engine litert); the bundle's "
+                            "model.onnx is the float model it was quantized from")
+            artifact = Artifact(output, "tflite", model.inputs, model.outputs)
+            int8_bytes = output.stat().st_size
         else:
             artifact = Artifact(output, "onnx", model.inputs,
                                 onnx_model.graph_outputs(onnx_model.load_plain(output)))
@@ -314,6 +331,8 @@ class QuantizeStage:
             return "dynamic", excluded, [n for n in transformer.weight_matmuls(model) if n not in excluded]
         if engine == "nncf-openvino":
             return "static (nncf, OpenVINO model)", excluded, None
+        if engine == "litert":
+            return "static (TFLite converter)", excluded, None
         if engine == "nncf":
             # NNCF's transformer preset keeps LayerNorm/Softmax/GELU float and applies SmoothQuant.
             return "static (nncf)", excluded, None
