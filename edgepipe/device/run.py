@@ -276,6 +276,10 @@ def tflite_interpreter(model: bytes, threads: int, xnnpack: bool, delegate: str)
     if delegate != "none":
         library = TFLITE_DELEGATES.get(delegate, delegate)
         try:
+            # Opened with ctypes first: a failed load_delegate() leaves a half-built Delegate
+            # whose destructor prints a traceback (ai-edge-litert 2.3).
+            import ctypes
+            ctypes.CDLL(library)
             options["experimental_delegates"] = [module.load_delegate(library)]
         except (OSError, ValueError, RuntimeError) as exc:
             raise RunError(f"the target asks for the LiteRT {delegate} delegate, which is not available "
