@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,6 +24,10 @@ import numpy as np
 from edgepipe.errors import BackendError, BadInputError, first_line
 from edgepipe.extras import require
 from edgepipe.tflite.offline import network_blocked, replaced
+
+# TensorFlow's C++ logging writes straight to the terminal, around our one-line errors;
+# a user who wants it back sets the variable.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 Converter = Literal["litert-torch", "onnx2tf"]
 IoDtype = Literal["float32", "int8", "uint8"]
