@@ -126,15 +126,7 @@ class TfliteRunner(Runner):
     def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         run = self._run
         try:
-            for entry, details in self._inputs:
-                array = run.to_model_layout(np.asarray(feed[entry["name"]]), entry["model_shape"])
-                self._interp.set_tensor(details["index"], run.quantize_to(array, details))
-            self._interp.invoke()
-            results = {}
-            for entry, details in self._outputs:
-                value = run.dequantize(self._interp.get_tensor(details["index"]), details)
-                results[entry["name"]] = run.to_source_layout(value, entry["shape"])
-            return results
+            return run.tflite_invoke(self._interp, self._inputs, self._outputs, dict(feed))
         except (run.RunError, ValueError, RuntimeError) as exc:
             raise BackendError(f"LiteRT failed running {self.path.name}: {exc}") from None
 

@@ -333,6 +333,18 @@ def dequantize(array: np.ndarray, details: dict) -> np.ndarray:
     return ((array.astype(np.float32) - zero) * scale).astype(np.float32)
 
 
+def tflite_invoke(interpreter, inputs: list, outputs: list, feed: dict) -> dict:
+    """One inference: (io record entry, tensor details) pairs for inputs and outputs; the feed
+    in the manifest's layout or the model's, float or not; outputs in the manifest's layout."""
+    for entry, details in inputs:
+        array = to_model_layout(np.asarray(feed[entry["name"]]), list(details["shape"]))
+        interpreter.set_tensor(details["index"], quantize_to(array, details))
+    interpreter.invoke()
+    return {entry["name"]: to_source_layout(dequantize(interpreter.get_tensor(details["index"]), details),
+                                            entry["shape"])
+            for entry, details in outputs}
+
+
 class TfliteModel:
     """The bundle's model.tflite in whichever LiteRT interpreter the device has.
 
@@ -362,13 +374,8 @@ class TfliteModel:
         self.warnings = []
 
     def infer(self, feed: dict) -> dict:
-        for entry, details in zip(self.inputs, self._input_details, strict=True):
-            array = to_model_layout(np.asarray(feed[entry["name"]]), list(details["shape"]))
-            self.interpreter.set_tensor(details["index"], quantize_to(array, details))
-        self.interpreter.invoke()
-        return {entry["name"]: to_source_layout(dequantize(self.interpreter.get_tensor(details["index"]),
-                                                           details), entry["shape"])
-                for entry, details in zip(self.outputs, self._output_details, strict=True)}
+        return tflite_invoke(self.interpreter, list(zip(self.inputs, self._input_details, strict=True)),
+                             list(zip(self.outputs, self._output_details, strict=True)), feed)
 
     def layer_times(self, feed: dict, runs: int) -> dict:
         raise RunError("LiteRT's Python interpreter has no per-op profiler; on the device use LiteRT's "
