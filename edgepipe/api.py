@@ -18,19 +18,20 @@ from edgepipe import manifest as manifest_io
 from edgepipe.artifact import StageReport
 from edgepipe.backends import get_backend
 from edgepipe.bundle import write_bundle
-from edgepipe.config import Profile, load_profile, load_target
-from edgepipe.errors import BackendError, BadInputError, MissingExtraError
+from edgepipe.config import Profile, load_target
+from edgepipe.data.samples import RANDOM, open_samples
+from edgepipe.errors import BadInputError, MissingExtraError
 from edgepipe.extras import require
 from edgepipe.pipeline import run_stages
 from edgepipe.profiler.local import run_bundle_benchmark
 from edgepipe.profiler.remote import RemoteHost, run_remote_benchmark
 from edgepipe.profiler.report import default_profile_path, make_profile
+from edgepipe.profiles import load_profile
 from edgepipe.reference import make_reference
 from edgepipe.settings import describe_validation_error
 from edgepipe.shapes import parse_input_specs, resolve_inputs
 from edgepipe.sources import load_source
 from edgepipe.stages import BuildContext
-from edgepipe.stages.calibration import RANDOM, open_samples
 from edgepipe.stages.quantize import CALIBRATION_NEEDED
 from edgepipe.staging import publish, staging_area
 
@@ -202,31 +203,23 @@ def verify(bundle: Path, pubkey: Path | None = None) -> list[str]:
     """Differences between a bundle and its manifest (and its signature, given a key); empty when intact."""
     if pubkey is None:
         return manifest_io.verify_bundle(bundle)
-    from edgepipe.device.run import RunError, check_signature
+    from edgepipe.runtime.signature import check_signature, read_public_key
 
     if not (bundle / manifest_io.MANIFEST_NAME).is_file():
         manifest_io.load_manifest(bundle)  # raises the usual one-line error
-    try:
-        pem = pubkey.read_bytes()
-    except OSError as exc:
-        raise BadInputError(f"--pubkey {pubkey}: cannot read the key ({exc.strerror})") from None
+    pem = read_public_key(pubkey)
     require("cryptography", "checking bundle signatures")
-    try:
-        problems = check_signature(bundle, pem, str(pubkey))
-    except RunError as exc:
-        raise BadInputError(str(exc)) from None
-    try:  # a manifest whose signature fails may not even parse: report the signature, exit 1
-        return problems + manifest_io.verify_bundle(bundle)
-    except BadInputError as exc:
-        if problems:
-            return [*problems, str(exc)]
-        raise
+    problems = check_signature(bundle, pem, str(pubkey))
+    if problems:  # a failed signature stops everything: nothing else of the bundle is read
+        return problems
+    return manifest_io.verify_bundle(bundle)
 
 
 def build_engine(bundle: Path) -> dict[str, Any]:
     """`build --from-bundle`: build a TensorRT bundle's engine here, from the plan in its manifest,
-    with the same code as the bundle's `run.py --build-engine` (the file it ships)."""
-    from edgepipe.device import trt_engine
+    with the same code as the bundle's `run.py --build-engine` (the runtime it ships)."""
+    from edgepipe.runtime.keys import model_bytes
+    from edgepipe.runtime.runners import tensorrt as engine
 
     manifest = manifest_io.load_manifest(bundle)
     problems = manifest_io.verify(bundle, manifest)
@@ -241,16 +234,8 @@ def build_engine(bundle: Path) -> dict[str, Any]:
         from edgepipe import encryption
 
         key = encryption.load_key(None)
-    from edgepipe.device.run import RunError, model_bytes
-
-    try:
-        onnx_bytes = model_bytes(bundle, manifest, plan["onnx"], key)
-    except RunError as exc:
-        raise BadInputError(str(exc)) from None
-    try:
-        return trt_engine.build(bundle, plan, onnx_bytes, log=lambda line: None)
-    except trt_engine.EngineError as exc:
-        raise (BadInputError if exc.exit_code == 2 else BackendError)(str(exc)) from None
+    onnx_bytes = model_bytes(bundle, manifest, plan["onnx"], key)
+    return engine.build(bundle, plan, onnx_bytes, log=lambda line: None)
 
 
 def keygen(path: Path, kind: str = "ed25519", force: bool = False) -> list[Path]:
@@ -308,9 +293,10 @@ def prune_scan(model: str, *, eval_data: str, profile: str = "pruned", ratios: S
                inputs: Sequence[str] = (), weights: Path | None = None, trust_pickle: bool = False,
                on_row: Callable[[Any], None] = lambda row: None) -> dict[str, Any]:
     """Accuracy vs pruning ratio for each prunable layer group, each pruned alone, in eager torch."""
-    from edgepipe.evaluation import Evaluator, open_eval
+    from edgepipe.data.evaluation import open_eval
     from edgepipe.pruning.scan import choose_ratios, scan
     from edgepipe.reference import torch_runner
+    from edgepipe.scoring import Evaluator
     from edgepipe.stages.prune import STRUCTURED_SOURCES, PruneSettings, channel_plan, scan_tolerance
 
     torch = require("torch", "structured pruning")

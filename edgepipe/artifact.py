@@ -36,6 +36,9 @@ class Artifact:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     companion_files: tuple[Path, ...] = ()  # e.g. external data, an IR's .bin
+    # What the writer knows and a later stage needs, e.g. the converter route of a .tflite
+    # the quantize stage wrote (lowering records it in the manifest).
+    facts: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -48,6 +51,7 @@ class StageReport:
     parity: ParityReport | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    runner: dict[str, Any] = field(default_factory=dict)  # what ran the output for parity (runtime record)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -55,6 +59,7 @@ class StageReport:
             "output": self.output,
             "seconds": round(self.seconds, 3),
             "parity": self.parity.to_json() if self.parity else None,
+            "runner": self.runner,
             "metrics": self.metrics,
             "warnings": self.warnings,
         }

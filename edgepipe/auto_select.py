@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from edgepipe.backends import get_backend
-from edgepipe.config import Profile, Target, load_profile
+from edgepipe.config import Profile, Target
 from edgepipe.errors import BadInputError, GateFailedError
 from edgepipe.profiler.local import run_bundle_benchmark
+from edgepipe.profiles import load_profile
 
 Build = Callable[..., Any]  # api.build
 

@@ -131,8 +131,8 @@ def _prune_section(stage: dict[str, Any]) -> list[str]:
     lines += ["", f"Budget vs unpruned: top-1 drop ≤ {budget['max_top1_drop']:g} points, metric drop ≤ "
               f"{budget['max_metric_drop']:g}, mean cosine ≥ {budget['min_cosine']:g}; on exceed: "
               f"{budget['on_exceed']}. Attempts: "
-              + "; ".join(f"ratio {a['ratio']:g} → {'ok' if not a['problems'] else a['problems'][0]}"
-                          for a in m["attempts"]) + "."]
+              + "; ".join(f"{v['candidate']} → {v['violations'][0] if v['violations'] else 'ok'}"
+                          for v in m.get("verdicts", [])) + "."]
     if m.get("channels"):
         before, after = m["channels"]["before"], m["channels"]["after"]
         changed = [f"{name} {before[name]}→{after.get(name, '?')}" for name in before

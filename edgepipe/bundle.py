@@ -11,12 +11,28 @@ from edgepipe.config import Profile, Target
 from edgepipe.onnx_model import save
 from edgepipe.pipeline import PipelineResult
 from edgepipe.reference import Reference
+from edgepipe.runtime.bundle import RUNTIME_PACKAGE
 from edgepipe.sources import SourceModel
 from edgepipe.stages.lower import MANIFEST_DETAIL
 
 RUNNER_SCRIPT = Path(__file__).parent / "device" / "run.py"
-ENERGY_PACKAGE = Path(__file__).parent / "profiler" / "energy"  # run.py imports it as `energy`
+RUNTIME_SOURCE = Path(__file__).parent / "runtime"  # shipped as edgepipe_runtime/, byte for byte
 PORTABLE_NAME = "model.onnx"
+
+
+def runtime_files() -> list[Path]:
+    """The device runtime's modules, relative to its package folder, in a stable order."""
+    return sorted(p.relative_to(RUNTIME_SOURCE) for p in RUNTIME_SOURCE.rglob("*.py")
+                  if "__pycache__" not in p.parts)
+
+
+def copy_runtime(bundle: Path) -> None:
+    """run.py and the runtime it imports: the very files the host itself runs."""
+    shutil.copyfile(RUNNER_SCRIPT, bundle / "run.py")
+    for relative in runtime_files():
+        target = bundle / RUNTIME_PACKAGE / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(RUNTIME_SOURCE / relative, target)
 
 
 def _copy_portable(result: PipelineResult, bundle: Path) -> None:
@@ -49,10 +65,7 @@ def write_bundle(bundle: Path, *, source: SourceModel, target: Target, target_sp
                  encrypt_key: bytes | None = None) -> dict[str, Any]:
     """Write model.onnx, run.py, report.md and manifest.json beside the backend artifact."""
     _copy_portable(result, bundle)
-    shutil.copyfile(RUNNER_SCRIPT, bundle / "run.py")
-    (bundle / "energy").mkdir()
-    for module in sorted(ENERGY_PACKAGE.glob("*.py")):
-        shutil.copyfile(module, bundle / "energy" / module.name)
+    copy_runtime(bundle)
     encrypted = encryption.encrypt_bundle(bundle, encrypt_key) if encrypt_key else None
     data: dict[str, Any] = {
         "schema": manifest.SCHEMA,

@@ -568,7 +568,7 @@ def targets(as_json: JsonOption = False, debug: DebugOption = False) -> None:
 @app.command()
 def profiles(as_json: JsonOption = False, debug: DebugOption = False) -> None:
     """List the built-in optimization profiles."""
-    from edgepipe.config import list_profiles
+    from edgepipe.profiles import list_profiles
 
     with _errors_to_exit_codes(debug, as_json):
         rows = [{"name": p.name, "stages": list(p.stages), "description": p.description}

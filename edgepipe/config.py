@@ -1,4 +1,7 @@
-"""Targets (where a model runs) and profiles (how hard to optimize it), loaded from TOML.
+"""Targets (where a model runs) and the shape of profiles (how hard to optimize it), from TOML.
+
+Profiles are loaded by `edgepipe.profiles`, which knows the stages; this module sits
+below the stages and knows none of them.
 
 Built-in files live in the repository's top-level `targets/` and `profiles/`
 folders and are copied into the wheel as `edgepipe/_data/`; users may pass a path
@@ -8,17 +11,16 @@ to their own TOML file wherever a name is accepted.
 from __future__ import annotations
 
 import platform
-import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from edgepipe.errors import BadInputError
 from edgepipe.quantization.scheme import Int8Scheme
-from edgepipe.settings import StrictModel, describe_validation_error
+from edgepipe.settings import StrictModel, read_toml, validate_as
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 
@@ -31,28 +33,7 @@ def builtin_dir(kind: Literal["targets", "profiles"]) -> Path:
     return PACKAGE_ROOT.parent / kind
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
-        raise BadInputError(f"{path}: no such file") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise BadInputError(f"{path}: invalid TOML: {exc}") from None
-    except UnicodeDecodeError:
-        raise BadInputError(f"{path}: not UTF-8 text, so not a TOML file") from None
-    except OSError as exc:
-        raise BadInputError(f"{path}: cannot read: {exc.strerror}") from None
-
-
-def _validate(model: type[BaseModel], data: dict[str, Any], source: Path, prefix: str = ""):
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise BadInputError(describe_validation_error(exc, str(source), prefix)) from None
-
-
-def _looks_like_path(name: str) -> bool:
+def looks_like_path(name: str) -> bool:
     return name.endswith(".toml") or "/" in name or "\\" in name
 
 
@@ -125,14 +106,14 @@ class Target:
 def load_target_file(path: Path) -> Target:
     from edgepipe.backends import backend_names, get_backend
 
-    raw = _validate(TargetFile, read_toml(path), path)
+    raw = validate_as(TargetFile, read_toml(path), str(path))
     if raw.backend not in backend_names():
         raise BadInputError(
             f"{path}: key 'backend': unknown backend '{raw.backend}' "
             f"(known: {', '.join(backend_names())})"
         )
     backend = get_backend(raw.backend)
-    lower = _validate(backend.LowerSettings, raw.lower, path, "lower")
+    lower = validate_as(backend.LowerSettings, raw.lower, str(path), "lower")
     int8 = raw.int8
     if hasattr(lower, "tensorrt_version") and "tensorrt_version" not in raw.int8.model_fields_set:
         # calib.cache's header names the device's TensorRT: one fact, stated once in [lower]
@@ -146,7 +127,7 @@ def load_target_file(path: Path) -> Target:
         default_profile=raw.default_profile,
         device=raw.device,
         lower=lower,
-        runtime=_validate(backend.RuntimeSettings, raw.runtime, path, "runtime"),
+        runtime=validate_as(backend.RuntimeSettings, raw.runtime, str(path), "runtime"),
         energy=raw.energy,
         source=path,
         int8=int8,
@@ -159,7 +140,7 @@ def list_targets() -> list[Target]:
 
 def load_target(name: str) -> Target:
     """Resolve a target by name, alias or path to a TOML file."""
-    if _looks_like_path(name):
+    if looks_like_path(name):
         return load_target_file(Path(name))
     targets = list_targets()
     for target in targets:
@@ -241,87 +222,3 @@ class Profile:
                if self.candidates else {}),
             **{k: v.model_dump(mode="json") for k, v in self.stage_settings.items()},
         }
-
-
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _profile_path(name: str) -> Path:
-    if _looks_like_path(name):
-        return Path(name)
-    path = builtin_dir("profiles") / f"{name}.toml"
-    if not path.is_file():
-        known = sorted(p.stem for p in builtin_dir("profiles").glob("*.toml"))
-        raise BadInputError(f"unknown profile '{name}' (known: {', '.join(known)})")
-    return path
-
-
-def _resolved_profile_data(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    if path.resolve() in seen:
-        raise BadInputError(f"{path}: 'extends' forms a cycle")
-    data = read_toml(path)
-    extends = data.get("extends")
-    if extends is None:
-        return data
-    names = [extends] if isinstance(extends, str) else extends
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise BadInputError(f"{path}: key 'extends': must be a profile name or path, or a list of them")
-    merged: dict[str, Any] = {}
-    for parent_name in names:  # later parents win, the file itself wins over all
-        parent_path = _profile_path(parent_name)
-        if not parent_path.is_absolute() and _looks_like_path(parent_name):
-            parent_path = path.parent / parent_name
-        parent = _resolved_profile_data(parent_path, (*seen, path.resolve()))
-        for key in ("name", "description", "extends"):
-            parent.pop(key, None)
-        merged = _merge(merged, parent)
-    return _merge(merged, data)
-
-
-def load_profile_file(path: Path) -> Profile:
-    from edgepipe.stages import STAGES, validate_stage_order
-
-    data = _resolved_profile_data(path)
-    stage_tables = {key: data.pop(key) for key in list(data) if key in STAGES}
-    raw = _validate(ProfileFile, data, path)
-    unknown = [s for s in raw.stages if s not in STAGES]
-    if unknown:
-        raise BadInputError(
-            f"{path}: key 'stages': unknown stage '{unknown[0]}' (known: {', '.join(STAGES)})"
-        )
-    problem = validate_stage_order(raw.stages)
-    if problem:
-        raise BadInputError(f"{path}: key 'stages': {problem}")
-    for name, table in stage_tables.items():
-        if not isinstance(table, dict):
-            raise BadInputError(f"{path}: key '{name}': must be a table")
-    stage_settings = {
-        name: _validate(STAGES[name].Settings, stage_tables.get(name, {}), path, name)
-        for name in (*raw.stages, *(n for n in stage_tables if n not in raw.stages))
-    }
-    return Profile(
-        name=raw.name,
-        description=raw.description,
-        stages=tuple(raw.stages),
-        accuracy=raw.accuracy,
-        stage_settings=stage_settings,
-        source=path,
-        candidates=tuple(raw.candidates),
-        auto=raw.auto,
-    )
-
-
-def load_profile(name: str) -> Profile:
-    """Resolve a profile by name or path to a TOML file."""
-    return load_profile_file(_profile_path(name))
-
-
-def list_profiles() -> list[Profile]:
-    return [load_profile_file(p) for p in sorted(builtin_dir("profiles").glob("*.toml"))]

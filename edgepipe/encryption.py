@@ -16,9 +16,9 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from edgepipe.device.run import ENCRYPTED_SUFFIX, KEY_ENV, RunError, model_key_id, parse_model_key
 from edgepipe.errors import BadInputError
 from edgepipe.extras import require
+from edgepipe.runtime.keys import ENCRYPTED_SUFFIX, KEY_ENV, model_key_id, parse_model_key
 
 ALGORITHM = "AES-256-GCM"
 
@@ -35,10 +35,7 @@ def load_key(path: Path | None) -> bytes:
             raise BadInputError(f"--encrypt needs a key: --encrypt-key FILE or ${KEY_ENV} "
                                 "(make one with `edgepipe keygen --kind aes256 FILE`)")
         where = f"${KEY_ENV}"
-    try:
-        return parse_model_key(text, where)
-    except RunError as exc:
-        raise BadInputError(str(exc)) from None
+    return parse_model_key(text, where)
 
 
 def generate_key(path: Path, force: bool = False) -> Path:

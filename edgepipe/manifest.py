@@ -19,11 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from edgepipe import __version__
-
-# The bundle's run.py defines the bundle format's names and checks (it must stand alone on a
-# device); the host reads them from there so the two never disagree.
-from edgepipe.device.run import MANIFEST_NAME, SCHEMA, SIGNATURE_NAME, engine_problems, sha256_file, verify
 from edgepipe.errors import BadInputError
+
+# The device runtime defines the bundle format's names and checks (it must stand alone on a
+# device); the host uses the same installed modules so the two never disagree.
+from edgepipe.runtime.bundle import MANIFEST_NAME, SCHEMA, SIGNATURE_NAME, load_manifest, sha256_file
+from edgepipe.runtime.cli import verify
+
+__all__ = ["MANIFEST_NAME", "SCHEMA", "SIGNATURE_NAME", "load_manifest", "sha256_file", "verify",
+           "verify_bundle"]
 
 VOLATILE = (
     "build.time",
@@ -113,28 +117,10 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-def load_manifest(bundle: Path) -> dict[str, Any]:
-    path = bundle / MANIFEST_NAME
-    if not bundle.is_dir():
-        raise BadInputError(f"{bundle}: not a bundle folder")
-    if not path.is_file():
-        raise BadInputError(f"{bundle}: no {MANIFEST_NAME}; not an edgepipe bundle")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadInputError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
-        raise BadInputError(f"{path}: schema is not {SCHEMA}")
-    return manifest
-
-
 def verify_bundle(bundle: Path) -> list[str]:
     """What differs between the bundle on disk and its manifest; empty when it is intact.
-
-    The bundle's run.py holds the one implementation, so the host and the device agree.
-    """
-    manifest = load_manifest(bundle)
-    return verify(bundle, manifest) or engine_problems(bundle, manifest)
+    The runtime's one implementation, reading the bundle as data only."""
+    return verify(bundle, load_manifest(bundle))
 
 
 def summary(manifest: dict[str, Any], bundle: Path) -> dict[str, Any]:

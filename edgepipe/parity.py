@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -55,13 +56,17 @@ class ParityReport:
         """Each way the report exceeds `budget` (an AccuracyBudget), as a readable phrase."""
         found = []
         for out in self.outputs:
-            if budget.atol is not None and out.tolerance_ratio > 1.0:
+            # Written as "not within" so that NaN (which compares false with everything) fails.
+            if not math.isfinite(out.max_abs_diff) or not math.isfinite(out.cosine):
+                found.append(f"output '{out.name}' holds NaN or infinite values")
+                continue
+            if budget.atol is not None and not out.tolerance_ratio <= 1.0:
                 found.append(f"output '{out.name}' differs by up to {out.tolerance_ratio:.3g}x "
                              f"the tolerance atol {self.atol:g} + rtol {self.rtol:g} * |ref| "
                              f"(max abs diff {out.max_abs_diff:.3g})")
-            if out.cosine < budget.min_cosine:
+            if not out.cosine >= budget.min_cosine:
                 found.append(f"output '{out.name}' cosine {out.cosine:.6f} < {budget.min_cosine:g}")
-            if out.top1_agreement is not None and out.top1_agreement < budget.min_top1_agreement:
+            if out.top1_agreement is not None and not out.top1_agreement >= budget.min_top1_agreement:
                 found.append(f"output '{out.name}' top-1 agreement {out.top1_agreement:.3f} "
                              f"< {budget.min_top1_agreement:g}")
         return found

@@ -1,17 +1,30 @@
-"""Run a profile's stages in order, checking every output against the reference."""
+"""Run a profile's stages in order and hold every stage to its budget: the one place that does.
+
+Each stage yields candidates and their scores; this module alone decides. Float stages
+(export, fuse, lowering of a float model) are held elementwise to the profile's accuracy
+budget against the model before them, and each fuse pass to the same budget. A lossy stage
+(int8, pruning) is held to its task budget on evaluation data, candidate by candidate,
+until one keeps it (the stage's remedy is its next candidate) or none is left (exit 1);
+every stage after it is held to the lossy stage's `parity_budget` against its output, so
+lowering cannot change what was measured. Parity against the source model is recorded
+for every stage.
+"""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from time import perf_counter
 
 from edgepipe.artifact import Artifact, StageReport
 from edgepipe.backends import Runner, get_backend
+from edgepipe.budget import task_violations
 from edgepipe.config import AccuracyBudget
 from edgepipe.errors import GateFailedError
 from edgepipe.parity import ParityReport, compare_outputs
-from edgepipe.stages import STAGES, BuildContext
+from edgepipe.stages import STAGES, BuildContext, Stage, StageOutcome
 
 
 @dataclass(frozen=True)
@@ -24,47 +37,103 @@ class PipelineResult:
 
 
 def runner_for(artifact: Artifact, ctx: BuildContext, quantized: bool = False) -> Runner:
-    """Intermediate ONNX runs in ONNX Runtime; a backend artifact in its backend.
+    """Intermediate ONNX runs in ONNX Runtime exactly as written; a backend artifact, and any
+    quantized candidate, in the target's backend with the device's settings, so QDQ pairs
+    execute as the int8 kernels the device uses (which kernels saturate on which CPU
+    differs between runtimes)."""
+    from edgepipe.backends.onnxruntime import exact_runner
 
-    Float intermediates run in ONNX Runtime exactly as written (no optimizations).
-    Quantized ones run in the target's backend with its optimizations, so QDQ pairs
-    execute as the int8 kernels the device uses rather than as float fake-quantization
-    (which kernels saturate on which CPU differs between runtimes).
-    """
     precision = getattr(ctx.profile.stage_settings.get("lower"), "precision", "f32")
     backend = get_backend(ctx.target.backend)
-    if artifact.format == "onnx" and quantized:
-        return backend.onnx_runner(artifact.path, artifact.inputs, ctx.target.runtime, precision)
-    if artifact.format == "onnx":
-        from edgepipe.backends.onnxruntime import OnnxRuntimeRunner, OnnxRuntimeRuntimeSettings
-
-        return OnnxRuntimeRunner(artifact.path, artifact.inputs, OnnxRuntimeRuntimeSettings(),
-                                 level="disabled")
+    if artifact.format == "onnx" and not quantized:
+        return exact_runner(artifact.path, artifact.inputs)
+    if artifact.format == "onnx" or artifact.format != backend.name:
+        return backend.candidate_runner(artifact, ctx.target.runtime, precision)
     return backend.runner(artifact, ctx.target.runtime, precision)
 
 
-def outputs_of(artifact: Artifact, ctx: BuildContext, quantized: bool) -> list[dict]:
+def outputs_of(artifact: Artifact, ctx: BuildContext, quantized: bool) -> tuple[list[dict], dict]:
+    """The artifact's outputs on the reference inputs, and the runtime's record of how it ran."""
     with runner_for(artifact, ctx, quantized) as runner:
-        return [runner.infer(feed) for feed in ctx.reference.inputs]
+        return [runner.infer(feed) for feed in ctx.reference.inputs], dict(runner.runtime)
 
 
 def _compare(reference: list[dict], outputs: list[dict], budget: AccuracyBudget) -> ParityReport:
     return compare_outputs(reference, outputs, budget.atol or 0.0, budget.rtol or 0.0)
 
 
+def _keep(artifact: Artifact, output: Path) -> Artifact:
+    """The accepted candidate under the stage's numbered name (00-export.onnx, 03-quantize.xml …)."""
+    target = output.with_suffix(artifact.path.suffix)
+    if artifact.path == target:
+        return artifact
+    if artifact.format == "onnx" and artifact.companion_files:
+        import onnx
+
+        from edgepipe.onnx_model import save
+
+        files = save(onnx.load(str(artifact.path)), target)
+        return Artifact(target, artifact.format, artifact.inputs, artifact.outputs, tuple(files[1:]),
+                        artifact.facts)
+    shutil.copyfile(artifact.path, target)
+    companions = []
+    for companion in artifact.companion_files:  # an IR's .bin
+        kept = target.with_suffix(companion.suffix)
+        shutil.copyfile(companion, kept)
+        companions.append(kept)
+    return Artifact(target, artifact.format, artifact.inputs, artifact.outputs, tuple(companions),
+                    artifact.facts)
+
+
+def accept(stage: Stage, model: Artifact, settings: object, ctx: BuildContext, output: Path) -> StageOutcome:
+    """The stage's first candidate within its task budget; exit 1 when none is. Every verdict
+    is recorded in the accepted candidate's metrics (`verdicts`) for the report."""
+    candidates = stage.run(model, settings, ctx, output)
+    verdicts: list[dict[str, object]] = []
+    rejected = None
+    try:
+        for outcome in candidates:
+            judged = outcome.judgement
+            if judged is None:
+                if getattr(stage, "lossy", False):
+                    raise AssertionError(f"lossy stage '{stage.name}' yielded a candidate without scores")
+                return outcome
+            violations = task_violations(judged.baseline, judged.baseline_metric, judged.scores,
+                                         judged.budget, judged.against)
+            verdicts.append({"candidate": judged.label, "violations": violations})
+            if not violations:
+                outcome.metrics["verdicts"] = verdicts
+                return outcome
+            rejected = (judged, violations)
+    finally:
+        candidates.close()
+    if rejected is None:
+        raise AssertionError(f"stage '{stage.name}' yielded no candidate")
+    judged, violations = rejected
+    remedy = f"; {judged.remedy}" if judged.remedy else ""
+    raise GateFailedError(f"{judged.subject} exceeds the budget{judged.context}: {'; '.join(violations)}"
+                          f"{remedy}")
+
+
+def _check_steps(outcome: StageOutcome, budget: AccuracyBudget) -> list[str]:
+    """A stage's named steps (fuse passes) held to the float budget; warnings when it only warns."""
+    warnings = []
+    for check in outcome.checks:
+        violations = check.report.violations(budget)
+        if not violations:
+            continue
+        remedy = f"; {check.remedy}" if check.remedy else ""
+        if budget.on_exceed == "fail":
+            raise GateFailedError(f"{check.label} breaks parity: {violations[0]}{remedy}")
+        warnings.append(f"{check.label}: accuracy budget exceeded: {violations[0]}")
+    return warnings
+
+
 def run_stages(ctx: BuildContext,
                on_stage: Callable[[StageReport], None] = lambda report: None) -> PipelineResult:
-    """Run every stage; fail (exit 1) as soon as one exceeds its accuracy budget.
-
-    Float stages are held to the profile's budget against the source model. A lossy
-    stage (int8) holds itself to its own budget on evaluation data; every stage after
-    it is held to the lossy stage's `parity_budget` against the lossy stage's outputs,
-    so lowering cannot change what was measured. Parity against the source model is
-    recorded for every stage.
-    """
+    """Run every stage; fail (exit 1) as soon as one exceeds its budget."""
     budget = ctx.profile.accuracy
-    model = Artifact(ctx.source.path, "onnx" if ctx.source.kind == "onnx" else "torch",
-                     ctx.inputs, ())
+    model = Artifact(ctx.source.path, "onnx" if ctx.source.kind == "onnx" else "torch", ctx.inputs, ())
     portable: Artifact | None = None
     reports: list[StageReport] = []
     parity: ParityReport | None = None
@@ -75,16 +144,19 @@ def run_stages(ctx: BuildContext,
         settings = ctx.profile.stage_settings[name]
         output = ctx.work_dir / f"{index:02d}-{name}.onnx"
         started = perf_counter()
-        outcome = stage.run(model, settings, ctx, output)
+        outcome = accept(stage, model, settings, ctx, output)
+        if outcome.complete is not None:
+            outcome.complete()
+        artifact = _keep(outcome.artifact, output) if name != "lower" else outcome.artifact
         seconds = perf_counter() - started
         lossy = getattr(stage, "lossy", False)
         quantized = quantized or getattr(stage, "int8", False)
-        outputs = outputs_of(outcome.artifact, ctx, quantized)
+        warnings = [*outcome.warnings, *_check_steps(outcome, budget)]
+        outputs, ran = outputs_of(artifact, ctx, quantized)
         if lossy:
             budget = stage.parity_budget(settings, budget)
         parity = _compare(ctx.reference.outputs, outputs, budget)
-        report = StageReport(name, outcome.artifact.path.name, seconds, parity,
-                             outcome.metrics, outcome.warnings)
+        report = StageReport(name, artifact.path.name, seconds, parity, outcome.metrics, warnings, ran)
         violations = [] if lossy else _compare(anchor, outputs, budget).violations(budget)
         if lossy:
             anchor, anchor_name = outputs, f"the '{name}' stage's output"
@@ -98,8 +170,8 @@ def run_stages(ctx: BuildContext,
                 f"stage '{name}' exceeds the accuracy budget of profile '{ctx.profile.name}' "
                 f"against {anchor_name} on {ctx.reference.origin}: {violations[0]}{more}"
             )
-        if outcome.artifact.format == "onnx":
-            portable = outcome.artifact
-        model = outcome.artifact
+        if artifact.format == "onnx":
+            portable = artifact
+        model = artifact
     assert portable is not None and parity is not None  # guaranteed by validate_stage_order
     return PipelineResult(reports, portable, model, parity, budget)

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from edgepipe.artifact import TensorSpec
+from edgepipe.data.samples import random_samples
 from edgepipe.errors import BadInputError, first_line
 from edgepipe.sources import SourceModel
 
@@ -29,38 +30,6 @@ class Reference:
     @property
     def output_names(self) -> list[str]:
         return list(self.outputs[0])
-
-
-def random_samples(specs: tuple[TensorSpec, ...], count: int, seed: int,
-                   examples: Mapping[str, np.ndarray] | None = None) -> list[Feed]:
-    """Seeded inputs; the first sample is the model's own example where it has one.
-
-    Integer inputs (token ids, masks, indices) are drawn from the example's value
-    range, else from {0, 1}, which is valid for any embedding or mask.
-    """
-    rng = np.random.default_rng(seed)
-    samples = []
-    for index in range(count):
-        feed: Feed = {}
-        for spec in specs:
-            shape = tuple(int(d) for d in spec.shape)
-            example = None if examples is None else examples.get(spec.name)
-            if example is not None and tuple(example.shape) != shape:
-                example = None
-            dtype = np.dtype(spec.dtype)
-            if index == 0 and example is not None:
-                feed[spec.name] = np.ascontiguousarray(example)
-            elif dtype.kind == "f":
-                feed[spec.name] = rng.standard_normal(shape).astype(dtype)
-            elif dtype.kind == "b":
-                feed[spec.name] = rng.integers(0, 2, shape).astype(bool)
-            elif dtype.kind in "iu":
-                low, high = (0, 2) if example is None else (int(example.min()), int(example.max()) + 1)
-                feed[spec.name] = rng.integers(low, high, shape).astype(dtype)
-            else:
-                raise BadInputError(f"input '{spec.name}': cannot make samples of dtype {dtype}")
-        samples.append(feed)
-    return samples
 
 
 def _flatten_torch_outputs(value: Any, prefix: str = "output") -> list[tuple[str, Any]]:
@@ -105,9 +74,9 @@ def torch_outputs(source: SourceModel, specs: tuple[TensorSpec, ...], inputs: li
 
 
 def onnx_outputs(model_path: Path, specs: tuple[TensorSpec, ...], inputs: list[Feed]) -> list[Feed]:
-    from edgepipe.backends.onnxruntime import OnnxRuntimeRunner, OnnxRuntimeRuntimeSettings
+    from edgepipe.backends.onnxruntime import exact_runner
 
-    with OnnxRuntimeRunner(model_path, specs, OnnxRuntimeRuntimeSettings(), level="disabled") as runner:
+    with exact_runner(model_path, specs) as runner:
         return [runner.infer(feed) for feed in inputs]
 
 

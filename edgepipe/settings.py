@@ -6,9 +6,13 @@ the listing of options come from one place; unknown keys are errors.
 
 from __future__ import annotations
 
-from typing import TypeVar
+import tomllib
+from pathlib import Path
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from edgepipe.errors import BadInputError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -32,9 +36,21 @@ def describe_validation_error(error: ValidationError, source: str, prefix: str =
 
 def validate_as(model: type[M], data: object, source: str, prefix: str = "") -> M:
     """Validate `data` as `model`, or raise a one-line BadInputError naming `source` and the key."""
-    from edgepipe.errors import BadInputError
-
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise BadInputError(describe_validation_error(exc, source, prefix)) from None
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise BadInputError(f"{path}: no such file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise BadInputError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise BadInputError(f"{path}: not UTF-8 text, so not a TOML file") from None
+    except OSError as exc:
+        raise BadInputError(f"{path}: cannot read: {exc.strerror}") from None

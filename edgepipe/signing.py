@@ -2,8 +2,8 @@
 
 The manifest already holds every file's sha256, so signing its exact bytes covers
 the whole bundle. The signature is a detached `manifest.sig` (JSON: algorithm, key
-id, base64 signature). Checking lives in the bundle's run.py (one implementation,
-usable on a device without edgepipe); this module writes keys and signatures.
+id, base64 signature). Checking lives in the device runtime (one implementation, usable
+on a device without edgepipe); this module writes keys and signatures.
 """
 
 from __future__ import annotations
@@ -14,9 +14,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from edgepipe.device.run import MANIFEST_NAME, SIGNATURE_NAME, key_id
 from edgepipe.errors import BadInputError
 from edgepipe.extras import require
+from edgepipe.runtime.bundle import MANIFEST_NAME, SIGNATURE_NAME
+from edgepipe.runtime.signature import key_id
 
 
 def _crypto() -> Any:

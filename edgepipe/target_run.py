@@ -1,27 +1,28 @@
-"""Run an intermediate ONNX model as the target's backend will, for scoring and timing inside a stage.
+"""Run a stage's candidate as the target's backend will, for scoring and timing inside a stage.
 
 Which kernels saturate, and what a removed channel is worth in milliseconds, differ
 between runtimes and CPUs, so stages that judge accuracy or speed do it with the
-target's own backend and settings rather than with whatever runtime is at hand.
+target's own backend and settings (the runtime's runner, as the device creates it)
+rather than with whatever runtime is at hand.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from time import perf_counter
 
+from edgepipe.artifact import Artifact
 from edgepipe.backends import get_backend
+from edgepipe.data.samples import Feed
 from edgepipe.stages.base import BuildContext
-from edgepipe.stages.calibration import Feed
 
 
 @contextmanager
-def target_run(path: Path, ctx: BuildContext) -> Iterator[Callable[[Feed], dict]]:
+def target_run(artifact: Artifact, ctx: BuildContext) -> Iterator[Callable[[Feed], dict]]:
     backend = get_backend(ctx.target.backend)
     precision = getattr(ctx.profile.stage_settings.get("lower"), "precision", "f32")
-    with backend.onnx_runner(path, ctx.inputs, ctx.target.runtime, precision) as runner:
+    with backend.candidate_runner(artifact, ctx.target.runtime, precision) as runner:
         yield runner.infer
 
 
@@ -37,6 +38,7 @@ def time_run(run: Callable[[Feed], dict], feed: Feed, runs: int = 20, warmup: in
     return 1000 * times[len(times) // 2]
 
 
-def median_latency_ms(path: Path, ctx: BuildContext, feed: Feed, runs: int = 20, warmup: int = 3) -> float:
-    with target_run(path, ctx) as run:
+def median_latency_ms(artifact: Artifact, ctx: BuildContext, feed: Feed, runs: int = 20,
+                      warmup: int = 3) -> float:
+    with target_run(artifact, ctx) as run:
         return time_run(run, feed, runs, warmup)

@@ -17,7 +17,7 @@ def test_resnet18_factory_builds_a_verified_bundle(cli, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert "export" in result.stderr and "lower" in result.stderr  # one line per stage
     assert sorted(p.name for p in out.iterdir()) == [
-        "energy", "manifest.json", "model.onnx", "model.ort.onnx", "report.md", "run.py"]
+        "edgepipe_runtime", "manifest.json", "model.onnx", "model.ort.onnx", "report.md", "run.py"]
     assert (tmp_path / "resnet18-cpu.build" / "00-export.onnx").is_file()
     assert (tmp_path / "resnet18-cpu.build" / "01-fuse.onnx").is_file()
 

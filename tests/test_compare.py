@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -106,30 +105,36 @@ def test_bad_inputs_are_one_line_errors(cli, tmp_path, problem, message):
     assert_one_line_error(result.stderr, message)
 
 
-def test_compare_catches_an_injected_slowdown_in_real_profiles(cli, tmp_path, digits_bundle):
-    """Profile a real bundle, then the same bundle made slower by a sleep in its runner."""
-    fast = cli("profile", digits_bundle, "--runs", "40", "--warmup", "5", "--threads", "1",
-               "--out", tmp_path / "fast.json")
-    assert fast.exit_code == 0, fast.stderr
-    slowed = tmp_path / "slowed"
-    shutil.copytree(digits_bundle, slowed)
-    runner = (slowed / "run.py").read_text()
-    injected = runner.replace("    def infer(self, feed: dict) -> dict:\n        return dict(",
-                              "    def infer(self, feed: dict) -> dict:\n        time.sleep(0.002)\n"
-                              "        return dict(", 1)
-    assert injected != runner
-    (slowed / "run.py").write_text(injected)
-    manifest = json.loads((slowed / "manifest.json").read_text())
-    import hashlib
+def _matmul_chain(path: Path, depth: int) -> Path:
+    """x[1, 256] through `depth` 256x256 MatMuls: the same network, made slower by depth."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
 
-    for entry in manifest["files"]:
-        if entry["path"] == "run.py":
-            entry["sha256"] = hashlib.sha256(injected.encode()).hexdigest()
-            entry["size"] = len(injected.encode())
-    (slowed / "manifest.json").write_text(json.dumps(manifest))
-    slow = cli("profile", slowed, "--runs", "40", "--warmup", "5", "--threads", "1",
-               "--out", tmp_path / "slow.json")
-    assert slow.exit_code == 0, slow.stderr
+    rng = np.random.default_rng(0)
+    nodes, weights, current = [], [], "x"
+    for index in range(depth):
+        weights.append(numpy_helper.from_array(
+            (rng.standard_normal((256, 256)) / 16).astype(np.float32), f"w{index}"))
+        nodes.append(helper.make_node("MatMul", [current, f"w{index}"], [f"h{index}"]))
+        current = f"h{index}"
+    nodes.append(helper.make_node("Identity", [current], ["y"]))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256])
+    graph = helper.make_graph(nodes, "chain", [x], [y], weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_compare_catches_a_real_slowdown_in_real_profiles(cli, tmp_path):
+    """Profile two real bundles (the runtime in fresh processes; nothing of the bundle runs), one of a
+    network eight times deeper."""
+    for name, depth in (("fast", 4), ("slow", 32)):
+        built = cli("build", _matmul_chain(tmp_path / f"{name}.onnx", depth), "--target", "onnxruntime-cpu",
+                    "--out", tmp_path / name)
+        assert built.exit_code == 0, built.stderr
+        profiled = cli("profile", tmp_path / name, "--runs", "40", "--warmup", "5", "--threads", "1",
+                       "--out", tmp_path / f"{name}.json")
+        assert profiled.exit_code == 0, profiled.stderr
     result = cli("compare", tmp_path / "fast.json", tmp_path / "slow.json", "--json")
     assert result.exit_code == 1, result.stdout
     assert json.loads(result.stdout)["decision"]["verdict"] == "regression"

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from edgepipe.config import load_profile, load_target
+from edgepipe.config import load_target
 from edgepipe.errors import BadInputError
+from edgepipe.profiles import load_profile
 
 
 def test_alias_cpu_is_openvino_on_x86_64_and_onnxruntime_elsewhere(monkeypatch):

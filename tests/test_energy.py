@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from edgepipe.profiler.energy import MeterUnavailable, measure_window, open_meter
-from edgepipe.profiler.energy.android import AndroidBatteryMeter
-from edgepipe.profiler.energy.jetson import JetsonMeter, parse_tegrastats
-from edgepipe.profiler.energy.rapl import RaplMeter
+from edgepipe.runtime.energy import MeterUnavailable, measure_window, open_meter
+from edgepipe.runtime.energy.android import AndroidBatteryMeter
+from edgepipe.runtime.energy.jetson import JetsonMeter, parse_tegrastats
+from edgepipe.runtime.energy.rapl import RaplMeter
 
 WRAP_UJ = 262143328850  # a real max_energy_range_uj
 
@@ -121,7 +121,7 @@ def test_rapl_root_only_counter_says_so(tmp_path):
     if not python.exists():
         pytest.skip("no system python3 that an unprivileged user can run")
     package = tmp_path / "device"
-    shutil.copytree(Path(__file__).resolve().parent.parent / "edgepipe/profiler/energy", package / "energy")
+    shutil.copytree(Path(__file__).resolve().parent.parent / "edgepipe/runtime/energy", package / "energy")
     for path in [package, *package.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     code = ("import sys; sys.path.insert(0, sys.argv[1])\n"
@@ -217,7 +217,7 @@ def test_profile_reports_energy_from_the_bundle_runner(tmp_path, digits_bundle):
     """run.py on the device uses the bundle's own copy of the meters."""
     bundle = tmp_path / "flashed"
     shutil.copytree(digits_bundle, bundle)
-    assert (bundle / "energy" / "rapl.py").is_file()
+    assert (bundle / "edgepipe_runtime" / "energy" / "rapl.py").is_file()
     unavailable = subprocess.run([sys.executable, str(bundle / "run.py"), "--benchmark", "--runs", "3",
                                   "--json", "--energy-root", str(tmp_path / "empty")],
                                  capture_output=True, text=True, check=True)

@@ -51,14 +51,12 @@ def test_trained_digits_cnn_keeps_its_accuracy_through_the_build(cli, tmp_path):
     assert summary["parity"]["min_top1_agreement"] == 1.0
 
     # The deployed model classifies the held-out digits as well as the trained torch model.
-    import onnx
 
-    from edgepipe.backends.onnxruntime import OnnxRuntimeRunner, OnnxRuntimeRuntimeSettings
-    from edgepipe.onnx_model import graph_inputs
+    from edgepipe.runtime.bundle import load_manifest
+    from edgepipe.runtime.runners import open_runner
 
     bundle = tmp_path / "b"
-    specs = graph_inputs(onnx.load(str(bundle / "model.onnx")))
-    with OnnxRuntimeRunner(bundle / "model.ort.onnx", specs, OnnxRuntimeRuntimeSettings()) as run:
+    with open_runner(bundle, load_manifest(bundle)) as run:
         predictions = [int(run.infer({"input": x[None]})["output"].argmax()) for x in x_test]
     deployed_accuracy = float(np.mean(np.array(predictions) == y_test))
     assert deployed_accuracy == pytest.approx(accuracy, abs=1e-9)

@@ -16,8 +16,9 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from edgepipe.config import load_profile_file, load_target_file  # noqa: E402
+from edgepipe.config import load_target_file  # noqa: E402
 from edgepipe.errors import BadInputError  # noqa: E402
+from edgepipe.profiles import load_profile_file  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parent / "corpus" / "files"
 GOOD = (CORPUS / "good.onnx").read_bytes()

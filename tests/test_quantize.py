@@ -257,9 +257,10 @@ def test_transformer_uses_its_own_scheme(cli, tmp_path):
 
 
 def test_run_py_feeds_an_image_as_calibration_did(cli, tmp_path, trained_digits, digits_pngs):
-    """The device's run.py re-implements the preprocessing; both must give the same tensor."""
+    """The device's run.py preprocesses an image exactly as calibration did: same outputs as the
+    bundle fed the tensor the build made from that image."""
     from edgepipe.artifact import TensorSpec
-    from edgepipe.preprocessing import ImagePreprocessing, resolve
+    from edgepipe.data.preprocessing import ImagePreprocessing, resolve
 
     out = tmp_path / "b"
     assert cli("build", DIGITS, "--weights", trained_digits["weights"], "--profile", "int8",
@@ -272,13 +273,13 @@ def test_run_py_feeds_an_image_as_calibration_did(cli, tmp_path, trained_digits,
     spec = manifest["inputs"][0]
     expected = resolve(ImagePreprocessing(), TensorSpec(spec["name"], tuple(spec["shape"]), spec["dtype"],
                                                         spec["layout"])).image_to_array(image)[None]
-    import importlib.util
+    from edgepipe.runtime.runners import open_runner
 
-    loader = importlib.util.spec_from_file_location("bundle_run_py", out / "run.py")
-    device_run = importlib.util.module_from_spec(loader)
-    loader.loader.exec_module(device_run)
-    fed = device_run.read_image(image, manifest["inputs"])[spec["name"]]
-    np.testing.assert_array_equal(fed, expected)
+    with open_runner(out, manifest) as runner:
+        reference = runner.infer({spec["name"]: expected})
+    device = np.load(tmp_path / "o.npz")
+    for name, value in reference.items():
+        np.testing.assert_array_equal(device[name], value)
 
 
 def test_exclusions_and_first_last_layers_stay_float(cli, tmp_path, trained_digits):

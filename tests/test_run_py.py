@@ -36,7 +36,7 @@ def bundle_copy(digits_bundle, tmp_path) -> Path:
 
 
 def test_runs_inference_on_an_npz_input_without_edgepipe(bundle_copy, tmp_path):
-    from edgepipe.backends.onnxruntime import OnnxRuntimeRunner, OnnxRuntimeRuntimeSettings
+    from edgepipe.backends.onnxruntime import exact_runner
     from edgepipe.onnx_model import graph_inputs
 
     sample = np.random.default_rng(3).random((1, 1, 8, 8), dtype=np.float32)
@@ -49,7 +49,7 @@ def test_runs_inference_on_an_npz_input_without_edgepipe(bundle_copy, tmp_path):
 
     portable = bundle_copy / "model.onnx"
     specs = graph_inputs(onnx.load(str(portable)))
-    with OnnxRuntimeRunner(portable, specs, OnnxRuntimeRuntimeSettings(), "disabled") as runner:
+    with exact_runner(portable, specs) as runner:
         expected = runner.infer({"input": sample})["output"]
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 

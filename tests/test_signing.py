@@ -69,7 +69,7 @@ def _flip_model_byte(bundle: Path) -> None:
 
 
 def _add_file(bundle: Path) -> None:
-    (bundle / "energy" / "backdoor.py").write_text("print('hi')\n")
+    (bundle / "edgepipe_runtime" / "energy" / "backdoor.py").write_text("print('hi')\n")
 
 
 def _edit_manifest(bundle: Path) -> None:
@@ -101,7 +101,7 @@ def _garble_signature(bundle: Path) -> None:
 
 @pytest.mark.parametrize(("tamper", "message"), [
     (_flip_model_byte, "model.ort.onnx: sha256 differs from the manifest"),
-    (_add_file, "energy/backdoor.py: not listed in the manifest"),
+    (_add_file, "edgepipe_runtime/energy/backdoor.py: not listed in the manifest"),
     (_edit_manifest, "manifest.json: does not match its signature"),
     (_append_to_manifest, "manifest.json: does not match its signature"),
     (_replace_signature, "manifest.json: does not match its signature"),

@@ -18,9 +18,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgepipe.device import trt_engine
 from edgepipe.errors import BadInputError
 from edgepipe.quantization.tensorrt_cache import read_cache
+from edgepipe.runtime.runners import tensorrt as trt_engine
 from edgepipe.trt.build_script import trtexec_args
 from edgepipe.trt.plan import EnginePlan, ShapeRange
 from edgepipe.trt.precheck import check_shapes, run_prechecks
@@ -68,7 +68,8 @@ def test_jetson_fp16_bundle_carries_what_the_device_needs(cli, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert "no engine built here (TensorRT is not installed on this host)" in result.stderr
     names = {p.name for p in out.iterdir()}
-    assert {"model.onnx", "build_engine.sh", "trt_engine.py", "run.py", "manifest.json"} <= names
+    assert {"model.onnx", "build_engine.sh", "edgepipe_runtime", "run.py", "manifest.json"} <= names
+    assert (out / "edgepipe_runtime" / "runners" / "tensorrt.py").is_file()
     assert "model.engine" not in names
     manifest = manifest_of(out)
     engine = manifest["backend"]["engine"]

@@ -1,70 +1,38 @@
 """The one interface every backend implements: lower an ONNX model, and run the result.
 
-Shaped after Polygraphy's runners: the public `Runner.infer` validates the feed
-against the model's inputs once, then calls the backend's `_infer`; activation is
-a context manager. A backend only writes the part that differs.
+Running is the device runtime's job (`edgepipe.runtime.runners`): a backend's `runner`
+hands the artifact and the target's `[runtime]` settings to the same runner class the
+bundle's run.py uses, so parity, `--profile auto` and the device agree. A backend
+module itself only lowers.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-import numpy as np
 from pydantic import BaseModel
 
 from edgepipe.artifact import Artifact, TensorSpec
-from edgepipe.errors import BadInputError
+from edgepipe.runtime.runners import Runner, make_runner
+
+__all__ = ["Backend", "LowerHints", "Runner", "artifact_runner", "specs_of"]
 
 
-class Runner(ABC):
-    """Runs one model with one backend; use as a context manager."""
+def specs_of(tensors: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
+    """TensorSpecs as the runtime (and the manifest) describe tensors."""
+    return [spec.to_json() for spec in tensors]
 
-    def __init__(self, inputs: tuple[TensorSpec, ...]) -> None:
-        self.inputs = inputs
-        self._active = False
 
-    def __enter__(self) -> Runner:
-        self._activate()
-        self._active = True
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._active = False
-        self._deactivate()
-
-    def infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        if not self._active:
-            raise RuntimeError("Runner.infer called outside its `with` block")
-        self._check_feed(feed)
-        return self._infer(feed)
-
-    def _check_feed(self, feed: Mapping[str, np.ndarray]) -> None:
-        expected = {spec.name: spec for spec in self.inputs}
-        if set(feed) != set(expected):
-            raise BadInputError(
-                f"inputs {sorted(feed)} given, model expects {sorted(expected)}"
-            )
-        for name, array in feed.items():
-            spec = expected[name]
-            if array.dtype.name != spec.dtype:
-                raise BadInputError(f"input '{name}': dtype {array.dtype.name}, expected {spec.dtype}")
-            if spec.is_static and tuple(array.shape) != tuple(spec.shape):
-                raise BadInputError(
-                    f"input '{name}': shape {list(array.shape)}, expected {list(spec.shape)}"
-                )
-
-    @abstractmethod
-    def _activate(self) -> None: ...
-
-    @abstractmethod
-    def _deactivate(self) -> None: ...
-
-    @abstractmethod
-    def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+def artifact_runner(backend: str, artifact: Artifact, runtime: BaseModel, precision: str = "f32",
+                    **settings: Any) -> Runner:
+    """The runtime's runner for an artifact, with the target's `[runtime]` table as the manifest
+    records it (`settings` overrides single entries where the host must differ)."""
+    return make_runner(backend, artifact.path, inputs=specs_of(artifact.inputs),
+                       outputs=specs_of(artifact.outputs),
+                       settings={**runtime.model_dump(mode="json"), **settings}, precision=precision,
+                       name=artifact.path.name)
 
 
 @dataclass(frozen=True)
@@ -101,13 +69,14 @@ class Backend(Protocol):
         ...
 
     def runner(self, artifact: Artifact, runtime: Any, precision: str = "f32") -> Runner:
-        """A runner for an artifact this backend produced, with the target's runtime settings."""
+        """A runner for an artifact this backend produced, with the target's runtime settings:
+        the runtime's own class, as the bundle's run.py creates it."""
         ...
 
-    def onnx_runner(self, model: Path, inputs: tuple[TensorSpec, ...], runtime: Any,
-                    precision: str = "f32") -> Runner:
-        """Run an ONNX model (e.g. a QDQ candidate) with the kernels this backend would use
-        after lowering, so int8 accuracy is scored on what the device will run."""
+    def candidate_runner(self, artifact: Artifact, runtime: Any, precision: str = "f32") -> Runner:
+        """Run a stage's candidate (a QDQ ONNX, an int8 IR or .tflite from the quantize stage)
+        with the kernels this backend would use after lowering, so int8 accuracy is scored on
+        what the device will run."""
         ...
 
     def host_precisions(self, runtime: Any) -> tuple[str, ...]:

@@ -4,25 +4,24 @@ int8 models arrive as QDQ ONNX from the quantize stage, which OpenVINO reads as 
 quantized graph (measured: ResNet-18 on 2 AVX2 threads, 9.65 ms from edgepipe's QDQ vs
 9.57 ms for `nncf.quantize` by hand vs 20.3 ms f32).
 
-Two traps handled here: `ov.save_model` compresses weights to fp16 unless told not
-to, and on CPUs with bf16/AMX OpenVINO runs an "f32" model in bf16 unless
-`INFERENCE_PRECISION_HINT` says otherwise. So weights are compressed only for an f16
-build, the precision hint is always explicit, and what actually ran is recorded.
+`ov.save_model` compresses weights to fp16 unless told not to, so weights are
+compressed only for an f16 build. The compile config (precision hint always explicit,
+since a bf16/AMX CPU runs an "f32" model in bf16 otherwise) is the runtime's
+(`edgepipe.runtime.runners.openvino`), shared with the bundle's run.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import numpy as np
 from pydantic import Field
 
-from edgepipe.artifact import Artifact, TensorSpec
-from edgepipe.backends.base import LowerHints, Runner
+from edgepipe.artifact import Artifact
+from edgepipe.backends.base import LowerHints, Runner, artifact_runner
 from edgepipe.errors import BackendError, first_line
 from edgepipe.extras import require
+from edgepipe.runtime.runners.openvino import compile_model, ran_with
 from edgepipe.settings import StrictModel
 
 ARTIFACT_NAME = "model.xml"
@@ -47,74 +46,6 @@ def _ov(purpose: str):
     return require("openvino", purpose)
 
 
-def compile_config(runtime: OpenVinoRuntimeSettings, precision: str, threads: int | None = None,
-                   ) -> dict[str, Any]:
-    """The compile_model config; the device's own defaults only where the target says so."""
-    config: dict[str, Any] = {"PERFORMANCE_HINT": runtime.performance_hint,
-                              "INFERENCE_PRECISION_HINT": precision}
-    count = runtime.threads if threads is None else threads
-    if count:
-        config["INFERENCE_NUM_THREADS"] = count
-    if runtime.streams:
-        config["NUM_STREAMS"] = runtime.streams
-    if runtime.cpu_pinning is not None and runtime.device == "CPU":
-        config["ENABLE_CPU_PINNING"] = runtime.cpu_pinning
-    if runtime.cache_dir:
-        config["CACHE_DIR"] = runtime.cache_dir
-    return config
-
-
-def compile_model(path: Path, runtime: OpenVinoRuntimeSettings, precision: str,
-                  threads: int | None = None):
-    ov = _ov("running OpenVINO models")
-    core = ov.Core()
-    if runtime.device.split(".")[0] not in {d.split(".")[0] for d in core.available_devices}:
-        raise BackendError(f"OpenVINO device {runtime.device} is not present on this machine "
-                           f"(found: {', '.join(core.available_devices)})")
-    try:
-        return core.compile_model(str(path), runtime.device, compile_config(runtime, precision, threads))
-    except Exception as exc:
-        raise BackendError(f"OpenVINO could not compile {path.name} for {runtime.device}: "
-                           f"{first_line(exc)}") from None
-
-
-def ran_with(compiled) -> dict[str, str]:
-    """What OpenVINO actually did, as opposed to what was asked."""
-    facts = {}
-    for key in ("INFERENCE_PRECISION_HINT", "EXECUTION_DEVICES", "INFERENCE_NUM_THREADS", "NUM_STREAMS"):
-        try:
-            value = compiled.get_property(key)
-        except Exception:  # not every device reports every property
-            continue
-        if hasattr(value, "get_type_name"):  # an ov.Type: "f32", "bf16"
-            value = value.get_type_name()
-        facts[key] = ",".join(value) if isinstance(value, list) else str(value)
-    return facts
-
-
-class OpenVinoRunner(Runner):
-    def __init__(self, path: Path, inputs: tuple[TensorSpec, ...], runtime: OpenVinoRuntimeSettings,
-                 precision: str = "f32") -> None:
-        super().__init__(inputs)
-        self.path, self.runtime, self.precision = path, runtime, precision
-        self._request = None
-
-    def _activate(self) -> None:
-        compiled = compile_model(self.path, self.runtime, self.precision)
-        self._names = [next(iter(o.get_names()), f"output_{i}") for i, o in enumerate(compiled.outputs)]
-        self._request = compiled.create_infer_request()
-
-    def _deactivate(self) -> None:
-        self._request = None
-
-    def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        try:
-            results = self._request.infer(dict(feed))
-        except Exception as exc:
-            raise BackendError(f"OpenVINO failed running {self.path.name}: {first_line(exc)}") from None
-        return {name: np.asarray(results[index]) for index, name in enumerate(self._names)}
-
-
 class OpenVinoBackend:
     name = "openvino"
     extra = "openvino"
@@ -136,7 +67,7 @@ class OpenVinoBackend:
         out = out_dir / ARTIFACT_NAME
         ov.save_model(converted, str(out), compress_to_fp16=precision == "f16")
         warnings = []
-        compiled = compile_model(out, runtime, precision)
+        compiled = compile_model(out, runtime.model_dump(mode="json"), precision, name=out.name)
         facts = ran_with(compiled)
         ran = facts.get("INFERENCE_PRECISION_HINT", precision)
         if ran != precision:
@@ -146,12 +77,12 @@ class OpenVinoBackend:
         return artifact, warnings, facts
 
     def runner(self, artifact: Artifact, runtime: OpenVinoRuntimeSettings, precision: str = "f32") -> Runner:
-        return OpenVinoRunner(artifact.path, artifact.inputs, runtime, precision)
+        return artifact_runner(self.name, artifact, runtime, precision)
 
-    def onnx_runner(self, model: Path, inputs: tuple[TensorSpec, ...], runtime: OpenVinoRuntimeSettings,
-                    precision: str = "f32") -> Runner:
-        """OpenVINO compiles ONNX directly, with the kernels its IR would get."""
-        return OpenVinoRunner(model, inputs, runtime, precision)
+    def candidate_runner(self, artifact: Artifact, runtime: OpenVinoRuntimeSettings,
+                         precision: str = "f32") -> Runner:
+        """OpenVINO compiles a QDQ ONNX directly, with the kernels its IR would get."""
+        return self.runner(artifact, runtime, precision)
 
     def host_precisions(self, runtime: OpenVinoRuntimeSettings) -> tuple[str, ...]:
         """f32, plus bf16/f16 where the device reports them (AVX-512 BF16/AMX, GPUs)."""

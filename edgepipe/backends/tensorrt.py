@@ -2,8 +2,8 @@
 
 An engine is specific to the GPU and the TensorRT line that built it, so the bundle always
 carries what the device needs to build its own: the ONNX it is built from, `calib.cache`
-for TensorRT 8.x int8, `build_engine.sh` (trtexec) and `trt_engine.py` (the Python API,
-also behind `run.py --build-engine`), all driven by one plan stored in the manifest. When
+for TensorRT 8.x int8, `build_engine.sh` (trtexec) and the runtime's TensorRT module (the
+Python API, behind `run.py --build-engine`), all driven by one plan stored in the manifest. When
 this host has TensorRT and the target's GPU, the engine is built here and checked too.
 
 Precision per TensorRT line (see `trt/versions.py` for the sources):
@@ -19,16 +19,16 @@ from in ONNX Runtime (CUDA provider where present, else CPU) and the report says
 from __future__ import annotations
 
 import shutil
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import Field, model_validator
 
-from edgepipe.artifact import Artifact, TensorSpec
-from edgepipe.backends.base import LowerHints, Runner
+from edgepipe.artifact import Artifact
+from edgepipe.backends.base import LowerHints, Runner, specs_of
 from edgepipe.errors import BackendError, BadInputError
+from edgepipe.runtime.runners import make_runner
+from edgepipe.runtime.runners import tensorrt as engine_module
 from edgepipe.settings import StrictModel
 from edgepipe.trt.plan import EnginePlan, ShapeRange
 from edgepipe.trt.versions import TensorRtVersion
@@ -38,7 +38,6 @@ FLOAT_SOURCE = "model.float.onnx"  # TensorRT 8.x int8: QDQ stripped, scales in 
 FP16_SOURCE = "model.fp16.onnx"  # TensorRT 11.x fp16: types come from the ONNX
 CALIBRATION_CACHE = "calib.cache"
 BUILD_SCRIPT = "build_engine.sh"
-ENGINE_MODULE = Path(__file__).resolve().parent.parent / "device" / "trt_engine.py"
 _PRECISION = {"f32": "fp32", "f16": "fp16"}
 
 
@@ -88,12 +87,6 @@ def _write_fp16(source: Path, output: Path) -> None:
     save(convert_float_to_float16(onnx.load(str(source)), keep_io_types=True), output)
 
 
-def _engine_module():
-    from edgepipe.device import trt_engine
-
-    return trt_engine
-
-
 def make_plan(model: Artifact, lower: TensorRtLowerSettings, precision: str, quantized: bool,
               shapes: dict[str, ShapeRange], sparsity: bool) -> EnginePlan:
     """What to build and how, for this model on this target's TensorRT line."""
@@ -113,28 +106,6 @@ def make_plan(model: Artifact, lower: TensorRtLowerSettings, precision: str, qua
     if precision == "fp16" and not rules.precision_flags:
         return EnginePlan(FP16_SOURCE, precision="fp16", strongly_typed=True, **common)
     return EnginePlan(ENGINE_SOURCE, precision=precision, fp16_flag=precision == "fp16", **common)
-
-
-class TensorRtEngineRunner(Runner):
-    """A built engine, through the same module the bundle's run.py uses."""
-
-    def __init__(self, bundle: Path, plan: dict[str, Any], inputs: tuple[TensorSpec, ...]) -> None:
-        super().__init__(inputs)
-        self.bundle, self.plan = bundle, plan
-        self._model = None
-
-    def _activate(self) -> None:
-        module = _engine_module()
-        try:
-            self._model = module.EngineModel(self.bundle, self.plan)
-        except module.EngineError as exc:
-            raise BackendError(str(exc)) from None
-
-    def _deactivate(self) -> None:
-        self._model = None
-
-    def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return self._model.infer(dict(feed))
 
 
 class TensorRtBackend:
@@ -184,7 +155,6 @@ class TensorRtBackend:
         script = out_dir / BUILD_SCRIPT
         script.write_text(build_script.render(plan, hints.model_name), encoding="utf-8")
         script.chmod(0o755)
-        shutil.copyfile(ENGINE_MODULE, out_dir / ENGINE_MODULE.name)
         engine = self._build_here(out_dir, plan, lower, warnings)
         facts["engine"] = {**plan.to_json(), "built": engine is not None,
                            "build_command": f"bash {BUILD_SCRIPT}", "record": engine}
@@ -202,7 +172,7 @@ class TensorRtBackend:
 
     @staticmethod
     def _why_not_here(plan: EnginePlan) -> str:
-        module = _engine_module()
+        module = engine_module
         local = module.local_facts()
         if local["tensorrt"] is None:
             return "TensorRT is not installed on this host"
@@ -214,26 +184,24 @@ class TensorRtBackend:
     @staticmethod
     def _build_here(out_dir: Path, plan: EnginePlan, lower: TensorRtLowerSettings,
                     warnings: list[str]) -> dict[str, Any] | None:
-        module = _engine_module()
+        module = engine_module
         local = module.local_facts()
         if (not lower.build_on_host or local["tensorrt"] is None or local["compute_capability"] is None
                 or module.compatibility_problems(plan.to_json(), None, local)):
             return None
-        try:
-            return module.build(out_dir, plan.to_json(), log=lambda line: None)
-        except module.EngineError as exc:
-            raise (BadInputError if exc.exit_code == 2 else BackendError)(str(exc)) from None
+        return module.build(out_dir, plan.to_json(), log=lambda line: None)
 
     def runner(self, artifact: Artifact, runtime: TensorRtRuntimeSettings, precision: str = "f32") -> Runner:
         if artifact.format == self.name:  # a built engine; its build record holds the plan
-            record = _engine_module().read_record(artifact.path.parent)
+            record = engine_module.read_record(artifact.path.parent)
             if record is None:
                 raise BackendError(f"{artifact.path.name} has no build record (model.engine.json)")
-            return TensorRtEngineRunner(artifact.path.parent, record["plan"], artifact.inputs)
-        return self.onnx_runner(artifact.path, artifact.inputs, runtime, precision)
+            return make_runner(self.name, artifact.path, inputs=specs_of(artifact.inputs),
+                               outputs=specs_of(artifact.outputs), settings={}, plan=record["plan"])
+        return self.candidate_runner(artifact, runtime, precision)
 
-    def onnx_runner(self, model: Path, inputs: tuple[TensorSpec, ...], runtime: TensorRtRuntimeSettings,
-                    precision: str = "f32") -> Runner:
+    def candidate_runner(self, artifact: Artifact, runtime: TensorRtRuntimeSettings,
+                         precision: str = "f32") -> Runner:
         """No TensorRT here: ONNX Runtime runs the QDQ model exactly as ONNX defines it (dequantize,
         compute in float), which is what TensorRT's int8 kernels compute up to rounding.
 
@@ -241,16 +209,15 @@ class TensorRtBackend:
         int8 (measured, trained digits CNN: 91.1 % top-1 with graph optimizations 'all',
         99.44 % as defined, the float model's 99.44 %), which says nothing about the device.
         """
-        from edgepipe.backends.onnxruntime import OnnxRuntimeRunner, OnnxRuntimeRuntimeSettings
+        from edgepipe.backends.onnxruntime import exact_runner
 
-        settings = OnnxRuntimeRuntimeSettings(providers=runtime.parity_providers)
-        return OnnxRuntimeRunner(model, inputs, settings, level="disabled")
+        return exact_runner(artifact.path, artifact.inputs, providers=runtime.parity_providers)
 
     def host_precisions(self, runtime: TensorRtRuntimeSettings) -> tuple[str, ...]:
         """`--profile auto` times bundles on this host: only possible with TensorRT and a GPU here."""
-        local = _engine_module().local_facts()
+        local = engine_module.local_facts()
         return ("f32", "f16") if local["tensorrt"] and local["compute_capability"] else ()
 
     def runtime_versions(self) -> dict[str, str]:
-        tensorrt = _engine_module().local_facts()["tensorrt"]
+        tensorrt = engine_module.local_facts()["tensorrt"]
         return {"tensorrt_on_build_host": tensorrt or "not installed"}

@@ -1,1 +1,1 @@
-"""Files copied verbatim into every bundle; they must not import edgepipe."""
+"""The bundle's launcher, run.py, copied verbatim into every bundle beside edgepipe_runtime/."""

@@ -15,12 +15,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edgepipe.config import load_profile, load_target
+from edgepipe.config import load_target
 from edgepipe.errors import BadInputError, EdgepipeError
 from edgepipe.extras import require
 from edgepipe.matrix.cache import BuildCache, cache_key, tool_fingerprint
 from edgepipe.matrix.spec import Cell, Matrix
 from edgepipe.matrix.tasks import DeviceWorker, build_cell
+from edgepipe.profiles import load_profile
 
 
 def _job(matrix: Matrix, cell: Cell, cache: BuildCache, tools: dict[str, str]) -> dict[str, Any]:

@@ -7,9 +7,8 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
-from edgepipe.config import read_toml
 from edgepipe.errors import BadInputError
-from edgepipe.settings import StrictModel, describe_validation_error
+from edgepipe.settings import StrictModel, describe_validation_error, read_toml
 
 
 class ModelEntry(StrictModel):

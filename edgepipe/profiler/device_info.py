@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import platform
 from typing import Any
 
 # The bundle's runner reports the device the same way; one implementation for both.
-from edgepipe.device.run import cpu_model
+from edgepipe.runtime.machine import machine_facts
 
 
 def host_facts() -> dict[str, Any]:
-    return {
-        "cpu": cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "machine": platform.machine(),
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-    }
+    facts = machine_facts()
+    facts.pop("hostname")  # profile.json is shared; the CPU and its features are what matter
+    return facts

@@ -17,8 +17,8 @@ import numpy as np
 from pydantic import Field
 
 from edgepipe.artifact import TensorSpec
+from edgepipe.data.samples import LabelledSample
 from edgepipe.settings import StrictModel
-from edgepipe.stages.calibration import LabelledSample
 
 
 class FinetuneSettings(StrictModel):

@@ -12,9 +12,9 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from edgepipe.artifact import TensorSpec
-from edgepipe.evaluation import Evaluator
 from edgepipe.pruning.structured import ChannelPlan, channel_counts, layer_groups, prune_channels
 from edgepipe.reference import torch_runner
+from edgepipe.scoring import Evaluator
 
 
 @dataclass(frozen=True)

@@ -9,39 +9,37 @@ target gets and scores the `.tflite` they write.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edgepipe.artifact import TensorSpec
-from edgepipe.backends.tflite import TfliteLowerSettings, write_io_specs
 from edgepipe.errors import BadInputError
-from edgepipe.stages.base import BuildContext
-from edgepipe.stages.calibration import Feed
 from edgepipe.tflite import convert
 
+Feed = dict[str, np.ndarray]
 
-def write_tflite_int8(onnx_path: Path, path: Path, samples: Callable[[], Iterable[Feed]],
-                      ctx: BuildContext, outputs: tuple[TensorSpec, ...], per_channel: bool = True,
-                      exclude: list[str] | None = None) -> None:
+
+def write_tflite_int8(onnx_path: Path, path: Path, samples: Callable[[], Iterable[Feed]], *,
+                      lower: Any, source_kind: str, module: Any, stages: Sequence[str],
+                      example_args: Callable[[], tuple[Any, ...]], inputs: tuple[TensorSpec, ...],
+                      per_channel: bool = True, exclude: Sequence[str] = ()) -> dict[str, Any]:
+    """Write the int8 `.tflite`; return the converter route and int8 scheme, for the manifest.
+    `lower` is the target's TfliteLowerSettings."""
     if exclude:
         raise BadInputError(f"TFLite int8 is written by its converter, which cannot keep single layers "
                             f"in float ({len(exclude)} excluded nodes asked); remove [quantize] "
                             "exclude_nodes / exclude_op_types / keep_first_last")
-    lower: TfliteLowerSettings = ctx.target.lower
-    choice = convert.choose_converter(lower.converter, ctx.source.kind, ctx.source.module,
-                                      tuple(ctx.profile.stages), "int8")
-    names = [spec.name for spec in ctx.inputs]
+    choice = convert.choose_converter(lower.converter, source_kind, module, tuple(stages), "int8")
+    names = [spec.name for spec in inputs]
     if choice.converter == "litert-torch":
-        from edgepipe.stages.lower import example_args
-
         if lower.int8_io == "uint8":
             raise BadInputError("[lower] int8_io \"uint8\": litert-torch writes int8 I/O only; use "
                                 "converter = \"onnx2tf\"")
         convert.convert_with_litert_torch(
-            ctx.source.module, example_args(ctx), path, channel_last=lower.channel_last_io,
+            module, example_args(), path, channel_last=lower.channel_last_io,
             calibration=(tuple(feed[name] for name in names) for feed in samples()),
             per_channel=per_channel)
         io = "int8"  # measured (litert-torch 0.10): PT2E static always gives int8 model I/O
@@ -54,13 +52,11 @@ def write_tflite_int8(onnx_path: Path, path: Path, samples: Callable[[], Iterabl
             raise BadInputError("the calibration set is empty")
         convert.convert_with_onnx2tf(
             onnx_path, path.parent / f"{path.stem}-onnx2tf", path, precision="int8", io_dtype=lower.int8_io,
-            channel_last=lower.channel_last_io, input_shapes={s.name: tuple(s.shape) for s in ctx.inputs},
+            channel_last=lower.channel_last_io, input_shapes={s.name: tuple(s.shape) for s in inputs},
             calibration={name: np.concatenate(arrays) for name, arrays in stacked.items()})
         io = lower.int8_io
-    write_io_specs(path, ctx.inputs, outputs)
     scheme = {"weights": "int8 symmetric " + ("per-channel" if per_channel else "per-tensor"),
               "activations": "int8" + (" symmetric (PT2E)" if choice.converter == "litert-torch"
                                        else " asymmetric (TensorFlow full-integer)"),
               "io": io}
-    (path.parent / (path.name + ".route.json")).write_text(json.dumps(
-        {"route": {"converter": choice.converter, "reason": choice.reason}, "scheme": scheme}))
+    return {"tflite_route": {"converter": choice.converter, "reason": choice.reason}, "tflite_scheme": scheme}

@@ -95,8 +95,10 @@ def _fake_quant(values: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, d
 def measure(float_model: Path, qdq_model: Path, samples: Sequence[Feed]) -> list[QuantizedTensor]:
     """Every quantized tensor with its scale and local SQNR, worst first."""
     import onnx
-    import onnxruntime
     from onnx import numpy_helper
+
+    from edgepipe.backends.onnxruntime import exact_runner
+    from edgepipe.onnx_model import graph_inputs
 
     qdq = read_qdq(qdq_model)
     original = onnx.load(str(float_model))
@@ -130,25 +132,22 @@ def measure(float_model: Path, qdq_model: Path, samples: Sequence[Feed]) -> list
         probe = onnx.load(str(float_model))
         existing = {o.name for o in probe.graph.output}
         probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in wanted if n not in existing)
-        options = onnxruntime.SessionOptions()
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
-        session = onnxruntime.InferenceSession(probe.SerializeToString(), options,
-                                               providers=["CPUExecutionProvider"])
-        inputs = {i.name for i in session.get_inputs()}
+        specs = graph_inputs(probe)
+        inputs = {spec.name for spec in specs}
         noise: dict[str, np.ndarray] = {}
         signal: dict[str, np.ndarray] = {}
-        for feed in samples:
-            values = dict(zip(wanted, session.run(wanted, {k: v for k, v in feed.items() if k in inputs}),
-                              strict=True))
-            for name, value in values.items():
-                params = activations[name]
-                restored = _fake_quant(value.astype(np.float64), params.scale.astype(np.float64),
-                                       params.zero_point.astype(np.float64), params.zero_point.dtype,
-                                       params.axis)
-                axis = _channel_axis(value.ndim)
-                exact = value.astype(np.float64)
-                noise[name] = noise.get(name, 0) + _per_channel_power(exact - restored, axis)
-                signal[name] = signal.get(name, 0) + _per_channel_power(exact, axis)
+        with exact_runner(probe.SerializeToString(), specs, name=float_model.name) as runner:
+            for feed in samples:  # one sample's activations in memory at a time
+                produced = runner.infer({k: v for k, v in feed.items() if k in inputs})
+                for name in wanted:
+                    value, params = produced[name], activations[name]
+                    restored = _fake_quant(value.astype(np.float64), params.scale.astype(np.float64),
+                                           params.zero_point.astype(np.float64), params.zero_point.dtype,
+                                           params.axis)
+                    axis = _channel_axis(value.ndim)
+                    exact = value.astype(np.float64)
+                    noise[name] = noise.get(name, 0) + _per_channel_power(exact - restored, axis)
+                    signal[name] = signal.get(name, 0) + _per_channel_power(exact, axis)
         for name in wanted:
             params = activations[name]
             sqnr = _channel_mean_db(signal[name], noise[name])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -34,7 +35,7 @@ class ExportStage:
     Settings = ExportSettings
 
     def run(self, model: Artifact, settings: ExportSettings, ctx: BuildContext,
-            output: Path) -> StageOutcome:
+            output: Path) -> Iterator[StageOutcome]:
         notes: list[str] = []
         if ctx.source.kind == "onnx":
             proto = ctx.source.onnx_model
@@ -46,7 +47,7 @@ class ExportStage:
         artifact = Artifact(output, "onnx", ctx.inputs, onnx_model.graph_outputs(proto),
                             tuple(files[1:]))
         opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
-        return StageOutcome(artifact, metrics={"exporter": exporter, "opset": opset,
+        yield StageOutcome(artifact, metrics={"exporter": exporter, "opset": opset,
                                                "nodes": len(proto.graph.node)}, warnings=notes)
 
 

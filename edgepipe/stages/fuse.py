@@ -1,4 +1,4 @@
-"""Fuse: fold and fuse the graph to standard ONNX, pass by pass, each pass parity-checked.
+"""Fuse: fold and fuse the graph to standard ONNX, pass by pass, each pass's parity measured.
 
 Its output feeds quantization (BatchNorm must be folded before calibration) and every
 backend, so it emits standard ONNX ops only. The value is portability and correct int8
@@ -8,6 +8,7 @@ scales more than ORT fp32 speed: ORT's own load-time optimizer does most of this
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from time import perf_counter
 from typing import Any
@@ -16,11 +17,11 @@ from pydantic import Field, field_validator
 
 from edgepipe import onnx_model
 from edgepipe.artifact import Artifact
-from edgepipe.errors import BackendError, GateFailedError
+from edgepipe.errors import BackendError
 from edgepipe.parity import compare_outputs
 from edgepipe.passes import PASSES
 from edgepipe.settings import StrictModel
-from edgepipe.stages.base import BuildContext, StageOutcome
+from edgepipe.stages.base import BuildContext, ParityCheck, StageOutcome
 
 STANDARD_DOMAINS = {"", "ai.onnx"}
 
@@ -48,10 +49,9 @@ def _histogram_change(before: Counter[str], after: Counter[str]) -> dict[str, in
 
 
 def _run(model: Path | bytes, ctx: BuildContext, name: str) -> list[dict[str, Any]]:
-    from edgepipe.backends.onnxruntime import OnnxRuntimeRunner, OnnxRuntimeRuntimeSettings
+    from edgepipe.backends.onnxruntime import exact_runner
 
-    with OnnxRuntimeRunner(model, ctx.inputs, OnnxRuntimeRuntimeSettings(), level="disabled",
-                           name=name) as runner:
+    with exact_runner(model, ctx.inputs, name=name) as runner:
         return [runner.infer(feed) for feed in ctx.reference.inputs]
 
 
@@ -60,7 +60,7 @@ class FuseStage:
     Settings = FuseSettings
 
     def run(self, model: Artifact, settings: FuseSettings, ctx: BuildContext,
-            output: Path) -> StageOutcome:
+            output: Path) -> Iterator[StageOutcome]:
         import onnx
         import onnx_ir
 
@@ -71,6 +71,7 @@ class FuseStage:
         graph = onnx_ir.serde.deserialize_model(proto)
         nodes_before = sum(1 for _ in graph.graph)
         rows: list[dict[str, Any]] = []
+        checks: list[ParityCheck] = []
         parity = None
         for name, graph_pass in PASSES.items():
             if name in settings.skip:
@@ -89,11 +90,8 @@ class FuseStage:
                     raise BackendError(f"fuse pass '{name}' produced a model onnxruntime cannot "
                                        f"run: {exc}") from None
                 parity = compare_outputs(baseline, outputs, budget.atol or 0.0, budget.rtol or 0.0)
-                violations = parity.violations(budget)
-                if violations:
-                    raise GateFailedError(
-                        f"fuse pass '{name}' breaks parity: {violations[0]}; "
-                        f"skip it with --skip-pass {name} or [fuse] skip = [\"{name}\"]")
+                checks.append(ParityCheck(f"fuse pass '{name}'", parity,
+                                          f"skip it with --skip-pass {name} or [fuse] skip = [\"{name}\"]"))
             rows.append({
                 "pass": name, "skipped": False, "rewrites": rewrites, "seconds": round(seconds, 3),
                 "nodes_before": sum(histogram.values()), "nodes_after": sum(1 for _ in graph.graph),
@@ -110,7 +108,7 @@ class FuseStage:
         nodes_after = len(result.graph.node)
         artifact = Artifact(output, "onnx", model.inputs, onnx_model.graph_outputs(result),
                             tuple(files[1:]))
-        return StageOutcome(artifact, metrics={
+        yield StageOutcome(artifact, checks=checks, metrics={
             "nodes_before": nodes_before, "nodes_after": nodes_after, "passes": rows,
             "skipped": list(settings.skip),
         })

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -39,7 +40,7 @@ class LowerStage:
     Settings = LowerSettings
 
     def run(self, model: Artifact, settings: LowerSettings, ctx: BuildContext,
-            output: Path) -> StageOutcome:
+            output: Path) -> Iterator[StageOutcome]:
         backend = get_backend(ctx.target.backend)
         if settings.precision not in backend.precisions:
             raise BadInputError(f"profile '{ctx.profile.name}': [lower] precision '{settings.precision}' "
@@ -54,7 +55,7 @@ class LowerStage:
         # Backend detail the manifest carries under `backend`: TensorRT's engine plan,
         # TFLite's converter route and I/O record.
         detail = {key: facts.pop(key) for key in MANIFEST_DETAIL if key in facts}
-        return StageOutcome(artifact=artifact, warnings=warnings,
+        yield StageOutcome(artifact=artifact, warnings=warnings,
                             metrics={"backend": backend.name, **backend.runtime_versions(),
                                      "precision": settings.precision, "runtime_reports": facts,
                                      **detail})

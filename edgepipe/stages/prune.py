@@ -11,7 +11,6 @@ budget fails the build or backs the ratio off.
 from __future__ import annotations
 
 import random
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,25 +20,19 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from edgepipe.artifact import Artifact
+from edgepipe.budget import allowed_drop
 from edgepipe.config import AccuracyBudget
-from edgepipe.errors import BadInputError, GateFailedError
-from edgepipe.evaluation import (
-    EvalData,
-    Evaluator,
-    Scores,
-    allowed_drop,
-    budget_violations,
-    calibration_eval,
-    eval_data_for,
-)
-from edgepipe.preprocessing import ImagePreprocessing
+from edgepipe.data.evaluation import EvalData, calibration_eval, eval_data_for
+from edgepipe.data.preprocessing import ImagePreprocessing
+from edgepipe.data.samples import RANDOM, LabelledSample, SampleSource, open_samples
+from edgepipe.errors import BadInputError
 from edgepipe.pruning import cost, unstructured
 from edgepipe.pruning.distill import Batch, FinetuneSettings, batches, distill, taylor_gradients
 from edgepipe.pruning.scan import choose_ratios, scan
 from edgepipe.pruning.structured import ChannelPlan, Importance, channel_counts, prune_channels
+from edgepipe.scoring import Evaluator, Scores
 from edgepipe.settings import StrictModel
-from edgepipe.stages.base import BuildContext, StageOutcome
-from edgepipe.stages.calibration import RANDOM, LabelledSample, SampleSource, open_samples
+from edgepipe.stages.base import BuildContext, Judgement, StageOutcome
 from edgepipe.target_run import target_run, time_run
 
 Ratio = Annotated[float, Field(ge=0, lt=1)]
@@ -139,47 +132,59 @@ class PruneStage:
         """Later float stages (fuse, lowering) must still match the pruned model elementwise."""
         return float_budget
 
-    def run(self, model: Artifact, settings: PruneSettings, ctx: BuildContext, output: Path) -> StageOutcome:
+    def run(self, model: Artifact, settings: PruneSettings, ctx: BuildContext,
+            output: Path) -> Iterator[StageOutcome]:
+        """The pruned model at the profile's ratio, then (with on_exceed = "backoff") at ratios
+        backed off step by step; the pipeline ships the first within the budget."""
         started = perf_counter()
         work = ctx.work_dir / "prune"
         work.mkdir(parents=True, exist_ok=True)
         check_source(settings, ctx.source.kind)
         eval_data = self._eval_data(ctx, settings)
         feed = ctx.reference.inputs[0]
-        with target_run(model.path, ctx) as run:  # scored against itself: nothing to run again
+        with target_run(model, ctx) as run:  # scored against itself: nothing to run again
             evaluator = Evaluator(eval_data, run)
             steps = [_Step("unpruned", model.path, evaluator.reference_scores(), time_run(run, feed),
                            cost.measure(model.path))]
         warnings: list[str] = []
-        metrics: dict[str, Any] = {"method": settings.method, "evaluation": {
-            "origin": eval_data.origin, "samples": len(eval_data.samples), "primary": evaluator.primary}}
-        if settings.method == "structured":
-            final = self._structured(settings, ctx, work, evaluator, feed, steps, metrics, warnings)
-        else:
-            final = self._sparse(model, settings, ctx, work, evaluator, feed, steps, metrics, warnings)
-        shutil.copyfile(final.path, output)
         if not eval_data.has_labels and eval_data.metric is None:
             warnings.append(f"no labelled --eval data: only fidelity to the unpruned model was measured "
                             f"({eval_data.origin})")
-        before, after = steps[0], final
-        metrics.update({
-            "steps": [s.to_json() for s in steps],
-            "macs_ratio": round(after.cost.macs / before.cost.macs, 4) if before.cost.macs else None,
-            "params_ratio": round(after.cost.params / before.cost.params, 4) if before.cost.params else None,
-            "latency_ratio": round(after.latency_ms / before.latency_ms, 4)
-            if before.latency_ms and after.latency_ms else None,
-            "latency_note": "median of 20 runs in the build process, on the target's runtime; bench/ "
-                            "measures properly",
-            "budget": settings.budget.model_dump(mode="json"),
-            "seconds_total": round(perf_counter() - started, 3),
-        })
-        artifact = Artifact(output, "onnx", model.inputs, model.outputs)
-        return StageOutcome(artifact, metrics=metrics, warnings=warnings)
+        metrics: dict[str, Any] = {"method": settings.method, "evaluation": {
+            "origin": eval_data.origin, "samples": len(eval_data.samples), "primary": evaluator.primary}}
+        attempts = (self._structured(settings, ctx, work, evaluator, feed, metrics, warnings)
+                    if settings.method == "structured"
+                    else self._sparse(model, settings, ctx, work, evaluator, feed, metrics, warnings))
+        for tried, (final, judgement) in enumerate(attempts):
+            before = steps[0]
+            shown = [*steps, *metrics.pop("attempt_steps")]
+            metrics.update({
+                "steps": [s.to_json() for s in shown],
+                "attempts": metrics["tried"][:tried + 1],
+                "macs_ratio": round(final.cost.macs / before.cost.macs, 4) if before.cost.macs else None,
+                "params_ratio": round(final.cost.params / before.cost.params, 4)
+                if before.cost.params else None,
+                "latency_ratio": round(final.latency_ms / before.latency_ms, 4)
+                if before.latency_ms and final.latency_ms else None,
+                "latency_note": "median of 20 runs in the build process, on the target's runtime; bench/ "
+                                "measures properly",
+                "budget": settings.budget.model_dump(mode="json"),
+                "seconds_total": round(perf_counter() - started, 3),
+            })
+            artifact = Artifact(final.path, "onnx", model.inputs, model.outputs)
+            shipped = {key: value for key, value in metrics.items() if key != "tried"}
+            yield StageOutcome(artifact, metrics=shipped, warnings=list(warnings), judgement=judgement)
+
+    def _judgement(self, evaluator: Evaluator, step: _Step, settings: PruneSettings, label: str,
+                   context: str, remedy: str, subject: str = "pruning") -> Judgement:
+        return Judgement(step.scores, evaluator.float_scores, evaluator.float_metric, settings.budget,
+                         "unpruned", label=label, subject=subject, context=context, remedy=remedy)
 
     # ------------------------------------------------------------------ structured
 
     def _structured(self, settings: PruneSettings, ctx: BuildContext, work: Path, evaluator: Evaluator,
-                    feed: dict, steps: list[_Step], metrics: dict[str, Any], warnings: list[str]) -> _Step:
+                    feed: dict, metrics: dict[str, Any], warnings: list[str],
+                    ) -> Iterator[tuple[_Step, Judgement]]:
         import torch
 
         from edgepipe.stages.export import export_module
@@ -190,6 +195,8 @@ class PruneStage:
         example = tuple(torch.from_numpy(feed[s.name].copy()) for s in ctx.inputs)
         export_settings = ctx.profile.stage_settings["export"]
         train = self._train_source(ctx, settings, warnings)
+        if settings.finetune.epochs and train is None:
+            warnings.append("fine-tuning skipped: no training data (--train, or --calib with real data)")
 
         def data() -> Iterator[Batch]:
             assert train is not None
@@ -206,10 +213,12 @@ class PruneStage:
             metrics["scan"] = {"ratios": settings.scan_ratios, "tolerance": tolerance,
                                "primary": evaluator.primary, "float": evaluator.float_primary,
                                "rows": [r.to_json() for r in rows], "chosen": chosen}
-        attempts: list[dict[str, Any]] = []
+        metrics["tried"] = []
+        metrics.update({"importance": settings.importance,
+                        "speed": "real: the model has fewer channels, every runtime runs less"})
         scale = 1.0
         while True:
-            attempt = len(attempts) + 1
+            attempt = len(metrics["tried"]) + 1
             current = replace(plan, ratio=plan.ratio * scale,
                               layer_ratios={k: v * scale for k, v in plan.layer_ratios.items()})
             pruned = prune_channels(module, example, current, gradients)
@@ -222,81 +231,68 @@ class PruneStage:
                 step = self._step("pruned + distilled", path, evaluator, ctx, feed)
                 attempt_steps.append(step)
                 metrics["finetune"] = {**history, "data": train.describe(history["samples_per_epoch"])}
-            problems = self._violations(evaluator, step.scores, settings.budget)
-            attempts.append({"ratio": round(current.ratio, 4), "problems": problems,
-                             "score": evaluator.primary_value(step.scores)})
-            if not problems:
-                break
+            metrics["tried"].append({"ratio": round(current.ratio, 4),
+                                     "score": evaluator.primary_value(step.scores)})
+            metrics["attempt_steps"] = attempt_steps
+            metrics["channels"] = {"before": channel_counts(module), "after": channel_counts(pruned)}
             next_scale = scale - settings.budget.backoff_step / max(plan.ratio, 1e-9)
+            if settings.budget.on_exceed == "fail":
+                context, remedy = "", ("lower [prune] ratio, fine-tune longer ([prune.finetune] epochs), or "
+                                       "set [prune.budget] on_exceed = \"backoff\"")
+            else:
+                context = f" even after backing off {attempt - 1} times" if attempt > 1 else ""
+                remedy = "fine-tune longer ([prune.finetune] epochs) or relax [prune.budget]"
+            yield step, self._judgement(evaluator, step, settings, f"ratio {current.ratio:.4g}",
+                                        f"{context} (ratio {current.ratio:.2f})", remedy)
             if settings.budget.on_exceed == "fail" or next_scale <= 1e-6:
-                if settings.budget.on_exceed == "fail":
-                    advice = ("lower [prune] ratio, fine-tune longer ([prune.finetune] epochs), or set "
-                              "[prune.budget] on_exceed = \"backoff\"")
-                    how = ""
-                else:
-                    advice = "fine-tune longer ([prune.finetune] epochs) or relax [prune.budget]"
-                    how = f" even after backing off {len(attempts) - 1} times"
-                raise GateFailedError(f"pruning exceeds the budget{how} (ratio {current.ratio:.2f}): "
-                                      f"{problems[0]}; {advice}")
+                return
             scale = next_scale
-        steps.extend(attempt_steps)
-        metrics.update({"importance": settings.importance, "attempts": attempts,
-                        "channels": {"before": channel_counts(module), "after": channel_counts(pruned)},
-                        "speed": "real: the model has fewer channels, every runtime runs less"})
-        if settings.finetune.epochs and train is None:
-            warnings.append("fine-tuning skipped: no training data (--train, or --calib with real data)")
-        return step
 
     # ------------------------------------------------------------------ sparse
 
     def _sparse(self, model: Artifact, settings: PruneSettings, ctx: BuildContext, work: Path,
-                evaluator: Evaluator, feed: dict, steps: list[_Step], metrics: dict[str, Any],
-                warnings: list[str]) -> _Step:
+                evaluator: Evaluator, feed: dict, metrics: dict[str, Any],
+                warnings: list[str]) -> Iterator[tuple[_Step, Judgement]]:
         pattern = "2:4" if settings.method == "2:4" else "unstructured"
         sparsity = 0.5 if pattern == "2:4" else settings.ratio
-        attempts: list[dict[str, Any]] = []
+        metrics["tried"] = []
+        warnings.append(f"{pattern} sparsity keeps every weight's dense shape: no speed-up on "
+                        f"{ctx.target.backend}; only the compressed bundle is smaller")
         while True:
-            path = work / f"sparse-{len(attempts) + 1}.onnx"
+            path = work / f"sparse-{len(metrics['tried']) + 1}.onnx"
             layers = unstructured.sparsify(model.path, path, pattern=pattern, sparsity=sparsity,
                                            skip=set(settings.skip_layers),
                                            keep_first_last=settings.keep_first_last)
             step = self._step(f"{pattern} sparsity {sparsity:.2f}", path, evaluator, ctx, feed)
-            problems = self._violations(evaluator, step.scores, settings.budget)
-            attempts.append({"ratio": round(sparsity, 4), "problems": problems,
-                             "score": evaluator.primary_value(step.scores)})
-            if not problems:
-                break
-            if settings.budget.on_exceed == "fail" or pattern == "2:4" or \
-                    sparsity - settings.budget.backoff_step <= 1e-6:
-                raise GateFailedError(f"{pattern} sparsity exceeds the pruning budget "
-                                      f"(sparsity {sparsity:.2f}): {problems[0]}")
+            metrics["tried"].append({"ratio": round(sparsity, 4),
+                                     "score": evaluator.primary_value(step.scores)})
+            metrics["attempt_steps"] = [step]
+            dense = [layer for layer in layers if layer.note]
+            metrics.update({
+                "pattern": pattern,
+                "layers": [{"node": x.node, "weight": x.weight, "shape": list(x.shape),
+                            "sparsity": round(x.sparsity, 4), "note": x.note} for x in layers],
+                "speed": "none on dense runtimes: zeros are still multiplied; the compressed size shrinks"
+                + ("; TensorRT on Ampere/Orin runs 2:4 weights on sparse tensor cores (--sparsity=enable)"
+                   if pattern == "2:4" else ""),
+            })
+            if dense and not any(w.startswith(f"{len(dense)} layers kept dense") for w in warnings):
+                warnings.append(f"{len(dense)} layers kept dense: {dense[0].note}")
+            last = (settings.budget.on_exceed == "fail" or pattern == "2:4"
+                    or sparsity - settings.budget.backoff_step <= 1e-6)
+            yield step, self._judgement(evaluator, step, settings, f"sparsity {sparsity:.4g}",
+                                        f" (sparsity {sparsity:.2f})", "", subject=f"{pattern} sparsity")
+            if last:
+                return
             sparsity -= settings.budget.backoff_step
-        steps.append(step)
-        dense = [layer for layer in layers if layer.note]
-        metrics.update({
-            "pattern": pattern, "attempts": attempts,
-            "layers": [{"node": x.node, "weight": x.weight, "shape": list(x.shape),
-                        "sparsity": round(x.sparsity, 4), "note": x.note} for x in layers],
-            "speed": "none on dense runtimes: zeros are still multiplied; the compressed size shrinks"
-            + ("; TensorRT on Ampere/Orin runs 2:4 weights on sparse tensor cores (--sparsity=enable)"
-               if pattern == "2:4" else ""),
-        })
-        warnings.append(f"{pattern} sparsity keeps every weight's dense shape: no speed-up on "
-                        f"{ctx.target.backend}; only the compressed bundle is smaller")
-        if dense:
-            warnings.append(f"{len(dense)} layers kept dense: {dense[0].note}")
-        return step
 
     # ------------------------------------------------------------------ helpers
 
     @staticmethod
     def _step(label: str, path: Path, evaluator: Evaluator, ctx: BuildContext, feed: dict) -> _Step:
-        with target_run(path, ctx) as run:  # one compiled model, scored then timed
+        artifact = Artifact(path, "onnx", ctx.inputs, ())
+        with target_run(artifact, ctx) as run:  # one compiled model, scored then timed
             return _Step(label, path, evaluator.score(run), time_run(run, feed), cost.measure(path))
-
-    @staticmethod
-    def _violations(evaluator: Evaluator, scores: Scores, budget: PruneBudget) -> list[str]:
-        return budget_violations(evaluator.float_scores, evaluator.float_metric, scores, budget, "unpruned")
 
     @staticmethod
     def _train_source(ctx: BuildContext, settings: PruneSettings, warnings: list[str]) -> SampleSource | None:

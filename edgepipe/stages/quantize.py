@@ -1,18 +1,18 @@
-"""Quantize: post-training int8 to QDQ ONNX, measured against the float model, gated by a budget.
+"""Quantize: post-training int8, every engine driven by one loop, every candidate judged by the pipeline.
 
-Steps: onnxruntime's quantization pre-processing; ranges calibrated by streaming
-the calibration set; the scheme chosen per model type and target; the int8 model
-scored against the float one on evaluation data; and when the budget is broken,
-either a failed build or per-layer fallback: the layers with the worst local
-quantization error are kept in float, one at a time, until the budget holds.
+Steps: onnxruntime's quantization pre-processing; ranges calibrated by streaming the
+calibration set; the scheme and engine chosen per model type and target; then the
+candidates, in order: everything quantized; and, when the budget allows a remedy,
+either NNCF's accuracy control (OpenVINO IR) or per-layer fallback, which keeps the
+tensor with the worst local quantization error in float, one more at a time. The
+pipeline ships the first candidate within `[quantize.budget]`.
 """
 
 from __future__ import annotations
 
 import math
 import shutil
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from time import perf_counter
 from typing import Any, Literal
@@ -21,29 +21,18 @@ from pydantic import Field
 
 from edgepipe import onnx_model
 from edgepipe.artifact import Artifact
+from edgepipe.budget import allowed_drop
 from edgepipe.config import AccuracyBudget
-from edgepipe.errors import BackendError, BadInputError, GateFailedError, first_line
-from edgepipe.evaluation import (
-    EvalData,
-    Evaluator,
-    Scores,
-    allowed_drop,
-    budget_violations,
-    eval_data_for,
-)
-from edgepipe.preprocessing import ImagePreprocessing
+from edgepipe.data.evaluation import EvalData, eval_data_for
+from edgepipe.data.preprocessing import ImagePreprocessing
+from edgepipe.data.samples import SampleSource, open_samples
+from edgepipe.errors import BackendError, BadInputError, first_line
 from edgepipe.quantization import ranges, sensitivity, tensorrt_cache, transformer
-from edgepipe.quantization.litert import write_tflite_int8
-from edgepipe.quantization.qdq import (
-    AccuracyControl,
-    write_dynamic,
-    write_nncf,
-    write_nncf_openvino,
-    write_qdq,
-)
+from edgepipe.quantization.engines import Int8Engine, Int8Job, NncfOpenVino, engine_for
+from edgepipe.quantization.qdq import AccuracyControl
+from edgepipe.scoring import Evaluator, Scores
 from edgepipe.settings import StrictModel
-from edgepipe.stages.base import BuildContext, StageOutcome
-from edgepipe.stages.calibration import SampleSource, open_samples
+from edgepipe.stages.base import BuildContext, Judgement, StageOutcome
 from edgepipe.target_run import median_latency_ms, target_run
 
 CALIBRATION_CACHE = "calib.cache"
@@ -91,13 +80,6 @@ def calibration_source(ctx: BuildContext, settings: QuantizeSettings) -> SampleS
     return open_samples(spec, ctx.inputs, preprocess=settings.preprocess, seed=settings.seed)
 
 
-@dataclass
-class _Candidate:
-    path: Path
-    kept_float: list[str]
-    scores: Scores
-
-
 def _name_nodes(model_path: Path) -> None:
     """onnxruntime.quantization selects and excludes nodes by name; give every node one."""
     import onnx
@@ -130,15 +112,8 @@ def _pre_process(source: Path, output: Path) -> None:
     _name_nodes(output)
 
 
-def _violations(float_scores: Scores, float_metric: float | None, scores: Scores,
-                budget: QuantizeBudget) -> list[str]:
-    return budget_violations(float_scores, float_metric, scores, budget, "float")
-
-
-def _fake_quantize_count(path: Path) -> int:
-    import openvino as ov
-
-    return sum(op.get_type_name() == "FakeQuantize" for op in ov.Core().read_model(str(path)).get_ops())
+def _size(artifact: Artifact) -> int:
+    return sum(path.stat().st_size for path in (artifact.path, *artifact.companion_files))
 
 
 class QuantizeStage:
@@ -156,163 +131,192 @@ class QuantizeStage:
                                                "min_top1_agreement": 0.0})
 
     def run(self, model: Artifact, settings: QuantizeSettings, ctx: BuildContext,
-            output: Path) -> StageOutcome:
+            output: Path) -> Iterator[StageOutcome]:
         started = perf_counter()
         work = ctx.work_dir / "quantize"
         work.mkdir(parents=True, exist_ok=True)
         prepared = work / "prepared.onnx"
         _pre_process(model.path, prepared)
         proto = onnx_model.load_plain(prepared)
+        float_model = Artifact(prepared, "onnx", model.inputs, model.outputs)
 
         source = calibration_source(ctx, settings)
         cache = work / ORT_RANGES
         calibration_started = perf_counter()
-        ranges_symmetric = ctx.target.int8.symmetric_activations
         counts = ranges.calibrate(prepared, source.samples(settings.calib_count), cache,
                                   method=settings.method, percentile=settings.percentile,
-                                  symmetric=ranges_symmetric)
+                                  symmetric=ctx.target.int8.symmetric_activations)
         calibration_seconds = perf_counter() - calibration_started
 
         eval_data = eval_data_for(ctx.eval, source, ctx.inputs, limit=settings.eval_count,
                                   preprocess=settings.preprocess, seed=settings.seed)
         assert eval_data is not None  # a calibration source always exists here
-        with target_run(prepared, ctx) as run:
+        with target_run(float_model, ctx) as run:
             evaluator = Evaluator(eval_data, run)
 
         model_type = settings.model_type
         if model_type == "auto":
             model_type = "transformer" if transformer.is_transformer(proto) else "cnn"
-        engine = ctx.target.int8.engine if settings.engine == "auto" else settings.engine
-        if engine == "nncf-openvino" and ctx.target.backend != "openvino":
-            raise BadInputError(f"[quantize] engine \"nncf-openvino\" writes an OpenVINO IR; target "
-                                f"'{ctx.target.name}' uses {ctx.target.backend}")
-        scheme, excluded, only = self._selection(proto, settings, model_type, ctx, engine)
-        if engine == "litert" and ctx.target.backend != "tflite":
-            raise BadInputError(f"[quantize] engine \"litert\" writes a .tflite; target "
-                                f"'{ctx.target.name}' uses {ctx.target.backend}")
-        suffix = {"nncf-openvino": ".xml", "litert": ".tflite"}.get(engine, ".onnx")
+        requested = ctx.target.int8.engine if settings.engine == "auto" else settings.engine
+        scheme, excluded, only = self._selection(proto, settings, model_type, ctx, requested)
+        engine = engine_for(requested, ctx.target.name, ctx.target.backend, dynamic=scheme == "dynamic")
+        job = Int8Job(prepared=prepared, inputs=model.inputs, outputs=model.outputs,
+                      samples=lambda: source.samples(settings.calib_count), count=settings.calib_count,
+                      scheme=ctx.target.int8, method=settings.method, per_channel=settings.per_channel,
+                      transformer=model_type == "transformer", excluded=tuple(excluded),
+                      only=None if only is None else tuple(only), ranges=cache,
+                      probe=[s.feed for s in eval_data.samples[:16]], tflite=self._tflite_inputs(ctx))
 
-        def quantize(kept_float: Sequence[str], path: Path,
-                     accuracy: AccuracyControl | None = None) -> _Candidate:
-            exclude = [*excluded, *kept_float]
-            if scheme == "dynamic":
-                write_dynamic(prepared, path, per_channel=settings.per_channel, exclude=exclude, only=only)
-            elif engine == "nncf":
-                write_nncf(prepared, path, lambda: source.samples(settings.calib_count),
-                           scheme=ctx.target.int8, count=settings.calib_count,
-                           transformer=model_type == "transformer", exclude=exclude)
-            elif engine == "nncf-openvino":
-                write_nncf_openvino(prepared, path, lambda: source.samples(settings.calib_count),
-                                    scheme=ctx.target.int8, count=settings.calib_count,
-                                    transformer=model_type == "transformer", exclude=exclude,
-                                    accuracy=accuracy)
-            elif engine == "litert":
-                write_tflite_int8(prepared, path, lambda: source.samples(settings.calib_count), ctx,
-                                  model.outputs, per_channel=settings.per_channel, exclude=exclude)
-            else:
-                write_qdq(prepared, cache, path, scheme=ctx.target.int8, method=settings.method,
-                          per_channel=settings.per_channel, exclude=exclude, only=only)
-            with target_run(path, ctx) as run:
-                return _Candidate(path, list(kept_float), evaluator.score(run))
-
-        candidate = quantize([], work / f"int8{suffix}")
-        first_scores = candidate.scores
-        problems = _violations(evaluator.float_scores, evaluator.float_metric, candidate.scores,
-                               settings.budget)
-        fallback_rows: list[dict[str, Any]] = []
-        probe = [s.feed for s in eval_data.samples[:16]]
-
-        def measure(path: Path) -> list[sensitivity.QuantizedTensor]:
-            if scheme == "dynamic" or path.suffix != ".onnx":
-                return []  # no QDQ to read: dynamic MatMuls, or an IR (NNCF ranks its own)
-            return sensitivity.measure(prepared, path, probe)
-
-        layers = measure(candidate.path)
-        if problems and settings.budget.on_exceed == "fail":
-            raise GateFailedError(f"int8 quantization exceeds the budget: {'; '.join(problems)}; set "
-                                  "[quantize.budget] on_exceed = \"fallback\" to keep sensitive layers "
-                                  "in float")
-        if problems and engine == "nncf-openvino":
-            candidate, fallback_rows = self._accuracy_control(candidate, quantize, evaluator,
-                                                              settings.budget, work, eval_data, ctx)
-        elif problems:
-            candidate, fallback_rows = self._fall_back(candidate, layers, quantize, measure, evaluator,
-                                                       settings.budget, work, eval_data, ctx)
-            problems = _violations(evaluator.float_scores, evaluator.float_metric, candidate.scores,
-                                   settings.budget)
-            if problems:
-                kept = sum(len(r["nodes"]) for r in fallback_rows)
-                raise GateFailedError(
-                    f"int8 quantization exceeds the budget even with {kept} nodes kept in float "
-                    f"({len(fallback_rows)} tensors, max_fallback {settings.budget.max_fallback}): "
-                    f"{problems[0]}")
-
-        if suffix == ".xml":
-            output = output.with_suffix(".xml")
-            shutil.copyfile(candidate.path, output)
-            shutil.copyfile(candidate.path.with_suffix(".bin"), output.with_suffix(".bin"))
-        elif suffix == ".tflite":
-            output = output.with_suffix(".tflite")
-            for companion in candidate.path.parent.glob(candidate.path.name + "*"):  # .io.json, .route.json
-                suffix_of_companion = companion.name[len(candidate.path.name):]
-                shutil.copyfile(companion, output.parent / (output.name + suffix_of_companion))
-        else:
-            shutil.copyfile(candidate.path, output)
         warnings = []
         if source.is_random:
             warnings.append("calibrated on random data (--calib random): int8 accuracy is unknown")
         if not eval_data.has_labels and eval_data.metric is None:
             warnings.append(f"no labelled --eval data: only fidelity to the float model was measured "
                             f"({eval_data.origin})")
-        cache_scales = self._tensorrt_cache(cache, output if suffix == ".onnx" else None, ctx, settings)
-        if suffix == ".xml":
+        if engine.suffix == ".xml":
             warnings.append("int8 lives in the OpenVINO IR (engine nncf-openvino); the bundle's model.onnx "
                             "is the float model it was quantized from")
-            artifact = Artifact(output, "openvino", model.inputs, model.outputs,
-                                (output.with_suffix(".bin"),))
-            int8_bytes = output.stat().st_size + output.with_suffix(".bin").stat().st_size
-        elif suffix == ".tflite":
+        elif engine.suffix == ".tflite":
             warnings.append("int8 lives in the .tflite its converter wrote (engine litert); the bundle's "
                             "model.onnx is the float model it was quantized from")
-            artifact = Artifact(output, "tflite", model.inputs, model.outputs)
-            int8_bytes = output.stat().st_size
-        else:
-            artifact = Artifact(output, "onnx", model.inputs,
-                                onnx_model.graph_outputs(onnx_model.load_plain(output)))
-            int8_bytes = output.stat().st_size
-        return StageOutcome(artifact, warnings=warnings, metrics={
-            "scheme": scheme,
-            "model_type": model_type,
+        base_metrics = {
+            "scheme": scheme, "model_type": model_type,
             "activations": ctx.target.int8.activations if scheme != "dynamic" else "dynamic uint8",
             "weights": "int8 symmetric " + ("per-channel" if settings.per_channel else "per-tensor"),
-            "engine": engine if scheme != "dynamic" else "onnxruntime",
+            "engine": engine.name,
             "calibration": {"origin": source.describe(counts["samples"]), "random": source.is_random,
                             "method": settings.method, "samples": counts["samples"],
                             "tensors": counts["tensors"], "seconds": round(calibration_seconds, 3)},
             "preprocessing": source.preprocessing.to_json() if source.preprocessing else None,
-            "evaluation": {"origin": eval_data.origin, "samples": len(eval_data.samples),
-                           "float": evaluator.float_scores.to_json(),
-                           "int8_before_fallback": first_scores.to_json(),
-                           "int8": candidate.scores.to_json()},
             "budget": settings.budget.model_dump(mode="json"),
             "excluded": excluded,
-            "fallback": fallback_rows,
-            "worst_layers": [row.to_json() for row in layers[:10]],
-            "size_bytes": {"float": prepared.stat().st_size, "int8": int8_bytes},
-            "latency_ms": self._latencies(prepared, candidate.path, eval_data, ctx),
-            "calibration_cache": cache_scales,
-            "seconds_total": round(perf_counter() - started, 3),
-        })
+        }
+
+        def score(candidate: Artifact) -> Scores:
+            with target_run(candidate, ctx) as run:
+                return evaluator.score(run)
+
+        first = engine.write(job, [], work / f"int8{engine.suffix}")
+        first_scores = score(first)
+        worst = engine.rank(job, first)
+        rows: list[dict[str, Any]] = []
+
+        def outcome(candidate: Artifact, scores: Scores, label: str, context: str,
+                    remedy: str) -> StageOutcome:
+            metrics = {**base_metrics,
+                       "evaluation": {"origin": eval_data.origin, "samples": len(eval_data.samples),
+                                      "float": evaluator.float_scores.to_json(),
+                                      "int8_before_fallback": first_scores.to_json(),
+                                      "int8": scores.to_json()},
+                       "fallback": list(rows), "worst_layers": [row.to_json() for row in worst[:10]],
+                       "size_bytes": {"float": prepared.stat().st_size, "int8": _size(candidate)}}
+            judgement = Judgement(scores, evaluator.float_scores, evaluator.float_metric, settings.budget,
+                                  "float", label=label, subject="int8 quantization", context=context,
+                                  remedy=remedy)
+
+            def complete() -> None:
+                metrics["latency_ms"] = self._latencies(float_model, candidate, eval_data, ctx)
+                metrics["calibration_cache"] = self._tensorrt_cache(
+                    cache, candidate.path if candidate.format == "onnx" else None, ctx, settings)
+                metrics["seconds_total"] = round(perf_counter() - started, 3)
+
+            return StageOutcome(candidate, metrics=metrics, warnings=list(warnings), judgement=judgement,
+                                complete=complete)
+
+        budget = settings.budget
+        if budget.on_exceed == "fail":
+            remedy = "set [quantize.budget] on_exceed = \"fallback\" to keep sensitive layers in float"
+        elif not engine.ranks and not isinstance(engine, NncfOpenVino):
+            remedy = f"the {engine.name} engine ({scheme}) cannot keep single layers in float"
+        else:
+            remedy = ""
+        yield outcome(first, first_scores, "every layer int8", "", remedy)
+        if budget.on_exceed == "fail" or budget.max_fallback == 0:
+            return
+        if isinstance(engine, NncfOpenVino):
+            yield self._accuracy_control(engine, job, first, score, evaluator, budget, work, eval_data, ctx,
+                                         rows, outcome)
+            return
+        yield from self._fall_back(engine, job, first, worst, score, budget, work, eval_data, ctx, rows,
+                                   outcome)
 
     @staticmethod
-    def _latencies(float_path: Path, int8_path: Path, eval_data: EvalData,
+    def _tflite_inputs(ctx: BuildContext) -> dict[str, Any]:
+        """What the TFLite converters need beyond the ONNX model (litert engine only)."""
+        if ctx.target.backend != "tflite":
+            return {}
+        from edgepipe.stages.lower import example_args
+
+        return {"lower": ctx.target.lower, "source_kind": ctx.source.kind, "module": ctx.source.module,
+                "stages": tuple(ctx.profile.stages), "example_args": lambda: example_args(ctx)}
+
+    @staticmethod
+    def _fall_back(engine: Int8Engine, job: Int8Job, candidate: Artifact,
+                   layers: list[sensitivity.QuantizedTensor], score, budget: QuantizeBudget, work: Path,
+                   eval_data: EvalData, ctx: BuildContext, rows: list[dict[str, Any]],
+                   outcome) -> Iterator[StageOutcome]:
+        """Keep the worst tensor's nodes in float, re-measure, repeat: one candidate per step.
+
+        Re-measuring matters: keeping a node in float can expose a neighbour's tensor
+        to quantization (a Conv whose fused ReLU is now float quantizes its own output).
+        """
+        feed = eval_data.samples[0].feed if eval_data.samples else None
+        latency = median_latency_ms(candidate, ctx, feed) if feed else None
+        kept: list[str] = []
+        while len(rows) < budget.max_fallback:
+            layer = next((t for t in layers if any(n not in kept for n in t.nodes)), None)
+            if layer is None:
+                return
+            new_nodes = [n for n in layer.nodes if n not in kept]
+            kept += new_nodes
+            candidate = engine.write(job, kept, work / f"int8-fallback-{len(rows) + 1}{engine.suffix}")
+            scores = score(candidate)
+            new_latency = median_latency_ms(candidate, ctx, feed) if feed else None
+            rows.append({**layer.to_json(), "nodes": new_nodes,
+                         "mean_cosine_after": scores.mean_cosine, "top1_after": scores.top1,
+                         "latency_cost_ms": None if latency is None else round(new_latency - latency, 3)})
+            latency = new_latency
+            yield outcome(candidate, scores, f"{len(rows)} tensors in float",
+                          f" even with {len(kept)} nodes kept in float ({len(rows)} tensors, max_fallback "
+                          f"{budget.max_fallback})", "")
+            layers = engine.rank(job, candidate)
+
+    @staticmethod
+    def _accuracy_control(engine: NncfOpenVino, job: Int8Job, candidate: Artifact, score,
+                          evaluator: Evaluator, budget: QuantizeBudget, work: Path, eval_data: EvalData,
+                          ctx: BuildContext, rows: list[dict[str, Any]], outcome) -> StageOutcome:
+        """NNCF's quantize_with_accuracy_control; its result is judged like every other candidate."""
+        primary = evaluator.primary
+        # NNCF measures top-1 as a fraction, the budget in percentage points.
+        max_drop = allowed_drop(primary, budget) / (100.0 if primary == "top1" else 1.0)
+        control = AccuracyControl(items=list(range(len(eval_data.samples))),
+                                  validate=evaluator.primary_on, max_drop=max_drop)
+        feed = eval_data.samples[0].feed if eval_data.samples else None
+        latency = median_latency_ms(candidate, ctx, feed) if feed else None
+        before = engine.fake_quantize_count(candidate)
+        restored = engine.write(job, [], work / "int8-accuracy-control.xml", accuracy=control)
+        scores = score(restored)
+        new_latency = median_latency_ms(restored, ctx, feed) if feed else None
+        removed = before - engine.fake_quantize_count(restored)
+        rows.append({
+            "tensor": "nncf.quantize_with_accuracy_control", "kind": "nncf",
+            "sqnr_db": "—", "nodes": [f"{removed} FakeQuantize ops reverted to float (ranked by NNCF on "
+                                     f"{primary})"],
+            "mean_cosine_after": scores.mean_cosine, "top1_after": scores.top1,
+            "latency_cost_ms": None if latency is None else round(new_latency - latency, 3)})
+        return outcome(restored, scores, "after NNCF accuracy control",
+                       f" even after NNCF's accuracy control ({removed} FakeQuantize ops reverted)",
+                       "relax [quantize.budget] or give more calibration data")
+
+    @staticmethod
+    def _latencies(float_model: Artifact, int8_model: Artifact, eval_data: EvalData,
                    ctx: BuildContext) -> dict[str, float] | None:
         """In-build estimates on the target's runtime, for the report; bench/ measures properly."""
         if not eval_data.samples:
             return None
         feed = eval_data.samples[0].feed
-        return {"float": round(median_latency_ms(float_path, ctx, feed), 4),
-                "int8": round(median_latency_ms(int8_path, ctx, feed), 4)}
+        return {"float": round(median_latency_ms(float_model, ctx, feed), 4),
+                "int8": round(median_latency_ms(int8_model, ctx, feed), 4)}
 
     @staticmethod
     def _selection(model, settings: QuantizeSettings, model_type: str, ctx: BuildContext,
@@ -340,60 +344,6 @@ class QuantizeStage:
             return "static-weight-matmuls", excluded, [n for n in transformer.weight_matmuls(model)
                                                        if n not in excluded]
         return "static", excluded, None
-
-    @staticmethod
-    def _fall_back(candidate: _Candidate, layers: list[sensitivity.QuantizedTensor], quantize, measure,
-                   evaluator: Evaluator, budget: QuantizeBudget, work: Path, eval_data: EvalData,
-                   ctx: BuildContext) -> tuple[_Candidate, list[dict[str, Any]]]:
-        """Keep the worst tensor's nodes in float, re-measure, repeat until the budget holds.
-
-        Re-measuring matters: keeping a node in float can expose a neighbour's tensor
-        to quantization (a Conv whose fused ReLU is now float quantizes its own output).
-        """
-        rows: list[dict[str, Any]] = []
-        feed = eval_data.samples[0].feed if eval_data.samples else None
-        latency = median_latency_ms(candidate.path, ctx, feed) if feed else None
-        kept: list[str] = []
-        while len(rows) < budget.max_fallback:
-            layer = next((t for t in layers if any(n not in kept for n in t.nodes)), None)
-            if layer is None:
-                break
-            new_nodes = [n for n in layer.nodes if n not in kept]
-            kept += new_nodes
-            candidate = quantize(kept, work / f"int8-fallback-{len(rows) + 1}.onnx")
-            new_latency = median_latency_ms(candidate.path, ctx, feed) if feed else None
-            rows.append({**layer.to_json(), "nodes": new_nodes,
-                         "mean_cosine_after": candidate.scores.mean_cosine,
-                         "top1_after": candidate.scores.top1,
-                         "latency_cost_ms": None if latency is None else round(new_latency - latency, 3)})
-            latency = new_latency
-            if not _violations(evaluator.float_scores, evaluator.float_metric, candidate.scores, budget):
-                break
-            layers = measure(candidate.path)
-        return candidate, rows
-
-    @staticmethod
-    def _accuracy_control(candidate: _Candidate, quantize, evaluator: Evaluator, budget: QuantizeBudget,
-                          work: Path, eval_data: EvalData,
-                          ctx: BuildContext) -> tuple[_Candidate, list[dict[str, Any]]]:
-        """NNCF's quantize_with_accuracy_control, held to the same budget as every other route."""
-        primary = evaluator.primary
-        # NNCF measures top-1 as a fraction, the budget in percentage points.
-        max_drop = allowed_drop(primary, budget) / (100.0 if primary == "top1" else 1.0)
-        control = AccuracyControl(items=list(range(len(eval_data.samples))),
-                                  validate=evaluator.primary_on, max_drop=max_drop)
-        feed = eval_data.samples[0].feed if eval_data.samples else None
-        latency = median_latency_ms(candidate.path, ctx, feed) if feed else None
-        before = _fake_quantize_count(candidate.path)
-        restored = quantize([], work / "int8-accuracy-control.xml", accuracy=control)
-        new_latency = median_latency_ms(restored.path, ctx, feed) if feed else None
-        removed = before - _fake_quantize_count(restored.path)
-        return restored, [{
-            "tensor": "nncf.quantize_with_accuracy_control", "kind": "nncf",
-            "sqnr_db": "—", "nodes": [f"{removed} FakeQuantize ops reverted to float (ranked by NNCF on "
-                                     f"{primary})"],
-            "mean_cosine_after": restored.scores.mean_cosine, "top1_after": restored.scores.top1,
-            "latency_cost_ms": None if latency is None else round(new_latency - latency, 3)}]
 
     @staticmethod
     def _tensorrt_cache(cache: Path, model: Path | None, ctx: BuildContext,

@@ -71,7 +71,7 @@ fi
 "$TRTEXEC" \\
     {args}
 if command -v python3 >/dev/null && python3 -c 'import tensorrt' 2>/dev/null; then
-    python3 trt_engine.py record .
+    python3 run.py --record-engine >/dev/null
 fi
 echo "built {plan.engine}; run it with: python3 run.py --benchmark"
 """

@@ -1,7 +1,7 @@
 """The engine plan: everything needed to turn the bundle's ONNX into a TensorRT engine.
 
 One plan, three consumers: `build_engine.sh` (trtexec), `run.py --build-engine` and
-`edgepipe build --from-bundle` (both the TensorRT Python API in `trt_engine.py`). It is
+`edgepipe build --from-bundle` (both the TensorRT Python API in `runtime/runners/tensorrt.py`). It is
 stored in the manifest (`backend.engine`), so the three cannot drift apart.
 """
 

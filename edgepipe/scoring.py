@@ -1,78 +1,22 @@
-"""Task accuracy of a model against its float original, on data the user trusts (`--eval`).
+"""Scores of a model against its float original: task accuracy (top-1/top-5, a user metric)
+and fidelity (cosine, SQNR, top-1 agreement), measured whatever the data, because labels
+are not always at hand and a bad model can keep its top-1 for a while.
 
-`--eval` takes an image folder per class (ImageFolder layout), an `.npz` (or a
-folder of them) with the inputs and a `labels` array, or `file.py:fn`, a metric
-called as `fn(run) -> float` where `run(feed) -> {output name: array}` (higher is
-better). Fidelity against the float model (cosine, SQNR) is measured whatever the
-data, because labels are not always at hand and a bad model can keep its top-1 for
-a while.
+Scores are numbers only; whether they are good enough is the budget's question
+(edgepipe.budget), asked by the pipeline.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from edgepipe.artifact import TensorSpec
+from edgepipe.data.evaluation import EvalData, Run
 from edgepipe.errors import BadInputError, EdgepipeError, first_line
 from edgepipe.parity import cosine
-from edgepipe.preprocessing import ImagePreprocessing
-from edgepipe.python_callable import load_python_callable, split_spec
-from edgepipe.stages.calibration import Feed, LabelledSample, SampleSource, open_samples
-
-Run = Callable[[Feed], dict[str, np.ndarray]]
-
-
-@dataclass(frozen=True)
-class EvalData:
-    """What a model is judged on: samples (maybe labelled) and/or a user metric."""
-
-    origin: str
-    samples: list[LabelledSample] = field(default_factory=list)
-    metric: Callable[[Run], float] | None = None
-
-    @property
-    def has_labels(self) -> bool:
-        return bool(self.samples) and all(s.label is not None for s in self.samples)
-
-
-def open_eval(spec: str | Path, specs: tuple[TensorSpec, ...], *, limit: int,
-              preprocess: ImagePreprocessing | None = None, seed: int = 0) -> EvalData:
-    """Read up to `limit` evaluation samples into memory (they are reused for every candidate)."""
-    text = str(spec)
-    if split_spec(text):
-        return EvalData(origin=f"metric {text}", metric=load_python_callable(text))
-    source: SampleSource = open_samples(text, specs, flag="--eval", preprocess=preprocess, seed=seed,
-                                        with_labels=True)
-    if source.is_random:
-        raise BadInputError("--eval random: evaluation needs real data")
-    samples = list(source.labelled(limit))
-    labelled = sum(s.label is not None for s in samples)
-    if 0 < labelled < len(samples):
-        raise BadInputError(f"--eval {text}: some samples have labels and some do not")
-    return EvalData(origin=source.describe(len(samples)), samples=samples)
-
-
-def calibration_eval(samples: Iterator[Feed], origin: str) -> EvalData:
-    """Fallback when no `--eval` is given: fidelity only, on calibration samples."""
-    return EvalData(origin=origin, samples=[LabelledSample(feed, None) for feed in samples])
-
-
-def eval_data_for(eval_spec: str | None, calibration: SampleSource | None, specs: tuple[TensorSpec, ...], *,
-                  limit: int, preprocess: ImagePreprocessing | None, seed: int) -> EvalData | None:
-    """`--eval` data where given, else up to `limit` calibration samples (64 if they are random,
-    which only measure fidelity), else None."""
-    if eval_spec is not None:
-        return open_eval(eval_spec, specs, limit=limit, preprocess=preprocess, seed=seed)
-    if calibration is None:
-        return None
-    samples = list(calibration.samples(min(limit, 64) if calibration.is_random else limit))
-    return calibration_eval(iter(samples), f"{calibration.describe(len(samples))} (calibration data)")
 
 
 def _sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -204,34 +148,3 @@ class Evaluator:
                 values.append(min(cosine(r.ravel(), g.ravel())
                                   for r, g in zip(self._float_outputs[index], got, strict=True)))
         return float(np.mean(values)) if values else 0.0
-
-
-class Budget(Protocol):
-    max_top1_drop: float
-    max_metric_drop: float
-    min_cosine: float
-
-
-def allowed_drop(primary: str, budget: Budget) -> float:
-    """How far the primary number may fall: top-1 points, metric units, or 1 - cosine."""
-    return {"top1": budget.max_top1_drop, "metric": budget.max_metric_drop,
-            "cosine": 1.0 - budget.min_cosine}[primary]
-
-
-def budget_violations(base: Scores, base_metric: float | None, scores: Scores, budget: Budget,
-                      against: str) -> list[str]:
-    """What a candidate breaks of a budget, judged against the model it was derived from."""
-    found = []
-    if base.top1 is not None and scores.top1 is not None:
-        drop = base.top1 - scores.top1
-        if drop > budget.max_top1_drop:
-            found.append(f"top-1 {base.top1:.2f}% -> {scores.top1:.2f}% "
-                         f"(drop {drop:.2f} > {budget.max_top1_drop:g} points)")
-    if base_metric is not None and scores.metric is not None:
-        drop = base_metric - scores.metric
-        if drop > budget.max_metric_drop:
-            found.append(f"metric {base_metric:.4g} -> {scores.metric:.4g} "
-                         f"(drop {drop:.4g} > {budget.max_metric_drop:g})")
-    if scores.mean_cosine is not None and scores.mean_cosine < budget.min_cosine:
-        found.append(f"mean cosine vs {against} {scores.mean_cosine:.4f} < {budget.min_cosine:g}")
-    return found

@@ -15,10 +15,9 @@ import numpy as np
 from pydantic import Field
 
 from edgepipe.artifact import TensorSpec, layout_guess
-from edgepipe.errors import BadInputError, first_line
+from edgepipe.errors import BadInputError
+from edgepipe.runtime.feeds import IMAGE_SUFFIXES, image_to_array
 from edgepipe.settings import StrictModel
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 
 
 class ImagePreprocessing(StrictModel):
@@ -51,32 +50,9 @@ class ResolvedPreprocessing:
                 "std": list(self.std), "resize_mode": "shorter-side bilinear, then center crop"}
 
     def image_to_array(self, path: Path) -> np.ndarray:
-        """One decoded image as a (C, H, W) or (H, W, C) array, without the batch axis."""
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(path) as image:
-                image = image.convert("L" if self.channels == "gray" else "RGB")
-                width, height = image.size
-                factor = self.resize / min(width, height)
-                image = image.resize((max(1, round(width * factor)), max(1, round(height * factor))),
-                                     Image.Resampling.BILINEAR)
-                crop_h, crop_w = self.crop
-                if image.height < crop_h or image.width < crop_w:
-                    raise BadInputError(f"{path}: {image.width}x{image.height} after resizing to "
-                                        f"{self.resize} is smaller than the crop {crop_w}x{crop_h}")
-                left, top = (image.width - crop_w) // 2, (image.height - crop_h) // 2
-                pixels = np.asarray(image.crop((left, top, left + crop_w, top + crop_h)), np.float32)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            raise BadInputError(f"{path}: unreadable image ({first_line(exc)})") from None
-        if pixels.ndim == 2:
-            pixels = pixels[:, :, None]
-        if self.channels == "bgr":
-            pixels = pixels[:, :, ::-1]
-        pixels = (pixels * self.scale - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
-        if self.layout == "NCHW":
-            pixels = pixels.transpose(2, 0, 1)
-        return np.ascontiguousarray(pixels.astype(self.dtype))
+        """One decoded image as a (C, H, W) or (H, W, C) array, without the batch axis: the
+        runtime's implementation, the one the device's run.py applies to camera images."""
+        return image_to_array(path, self.to_json())
 
 
 def _per_channel(values: list[float], channels: int, name: str) -> tuple[float, ...]:

@@ -1,14 +1,10 @@
-#!/usr/bin/env python3
-"""Build and run this bundle's TensorRT engine on the device: the TensorRT Python API plus
-the CUDA runtime through ctypes, and numpy. Ships inside TensorRT bundles beside run.py.
+"""TensorRT: build this bundle's engine on the device and run it; the TensorRT Python API plus
+the CUDA runtime through ctypes, and numpy.
 
-Like run.py it imports nothing from edgepipe, so it runs on a Jetson with only JetPack's
-TensorRT and numpy. `edgepipe build --from-bundle` imports this same file, so the device
-and a GPU build host build engines the same way, from the plan in the manifest.
-
-    python3 trt_engine.py build .     # what `python3 run.py --build-engine` does
-    python3 trt_engine.py record .    # after build_engine.sh: note who built model.engine
-    python3 trt_engine.py facts       # this device's TensorRT version and GPU
+The device's run.py (`--build-engine`, `--record-engine`, running) and the host's
+`edgepipe build --from-bundle` use this one module, so engines are built the same way
+everywhere, from the plan in the manifest. Whether an engine fits this machine is read
+from its build record (`model.engine.json`) as data.
 """
 
 from __future__ import annotations
@@ -16,31 +12,32 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import hashlib
 import json
 import os
 import platform
-import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from ..bundle import inside
+from ..errors import BackendError, BadInputError
+from .base import Feed, Runner, Spec
+
+RECORD_NAME = "model.engine.json"
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")  # present on every Jetson (L4T)
-
-
-class EngineError(Exception):
-    def __init__(self, message: str, exit_code: int = 3) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def import_tensorrt():
     try:
         import tensorrt
     except ImportError:
-        raise EngineError("TensorRT is not installed here: on a Jetson it comes with JetPack "
-                          "(python3-libnvinfer); on a PC `pip install tensorrt` from NVIDIA's index",
-                          ) from None
+        raise BackendError("TensorRT is not installed here: on a Jetson it comes with JetPack "
+                           "(python3-libnvinfer); on a PC `pip install tensorrt` from NVIDIA's index",
+                           ) from None
     return tensorrt
 
 
@@ -67,7 +64,7 @@ class Cuda:
             except OSError:
                 continue
         if self.lib is None:
-            raise EngineError("the CUDA runtime (libcudart) was not found: install CUDA / JetPack")
+            raise BackendError("the CUDA runtime (libcudart) was not found: install CUDA / JetPack")
         self.lib.cudaMalloc.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_size_t]
         self.lib.cudaFree.argtypes = [ctypes.c_void_p]
         self.lib.cudaMemcpy.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
@@ -78,7 +75,7 @@ class Cuda:
     def _check(self, status: int, call: str) -> None:
         if status != 0:
             self.lib.cudaGetErrorString.restype = ctypes.c_char_p
-            raise EngineError(f"CUDA {call} failed: {self.lib.cudaGetErrorString(status).decode()}")
+            raise BackendError(f"CUDA {call} failed: {self.lib.cudaGetErrorString(status).decode()}")
 
     def malloc(self, size: int) -> int:
         pointer = ctypes.c_void_p()
@@ -124,7 +121,7 @@ def local_facts() -> dict:
         import tensorrt
 
         facts["tensorrt"] = tensorrt.__version__
-    with contextlib.suppress(EngineError):
+    with contextlib.suppress(BackendError):
         facts["compute_capability"] = Cuda().compute_capability()
     with contextlib.suppress(OSError, IndexError):
         release = TEGRA_RELEASE.read_text(encoding="ascii", errors="replace")
@@ -205,23 +202,23 @@ def build(bundle: Path, plan: dict, onnx_bytes: bytes | None = None, log=print) 
     trt = import_tensorrt()
     local = local_facts()
     for problem in compatibility_problems(plan, None, local):
-        raise EngineError(problem)
+        raise BackendError(problem)
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(_network_flags(trt, plan))
     parser = trt.OnnxParser(network, logger)
-    source = bundle / plan["onnx"]
+    source = inside(bundle, plan["onnx"])
     parsed = parser.parse(onnx_bytes) if onnx_bytes is not None else parser.parse_from_file(str(source))
     if not parsed:
         errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise EngineError(f"TensorRT could not parse {plan['onnx']}: {errors[0] if errors else 'unknown'}", 2)
+        raise BadInputError(f"TensorRT could not parse {plan['onnx']}: {errors[0] if errors else 'unknown'}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, plan["workspace_mib"] << 20)
     if plan["fp16_flag"]:
         config.set_flag(trt.BuilderFlag.FP16)
     if plan["int8_mode"] == "calibration-cache":
         config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = _calibrator(trt, (bundle / plan["calibration_cache"]).read_bytes())
+        config.int8_calibrator = _calibrator(trt, inside(bundle, plan["calibration_cache"]).read_bytes())
     elif plan["int8_mode"] == "strongly-typed" and not plan["strongly_typed"]:
         config.set_flag(trt.BuilderFlag.INT8)
     if plan["sparsity"]:
@@ -230,7 +227,7 @@ def build(bundle: Path, plan: dict, onnx_bytes: bytes | None = None, log=print) 
         config.builder_optimization_level = plan["builder_optimization_level"]
     if plan["dla_core"] is not None:
         if builder.num_DLA_cores <= plan["dla_core"]:
-            raise EngineError(f"DLA core {plan['dla_core']} asked, this device has {builder.num_DLA_cores}")
+            raise BackendError(f"DLA core {plan['dla_core']} asked, this device has {builder.num_DLA_cores}")
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = plan["dla_core"]
         if plan["gpu_fallback"]:
@@ -240,15 +237,15 @@ def build(bundle: Path, plan: dict, onnx_bytes: bytes | None = None, log=print) 
         for name, shape in plan["shapes"].items():
             profile.set_shape(name, shape["min"], shape["opt"], shape["max"])
         config.add_optimization_profile(profile)
-    timing_path = bundle / plan["timing_cache"]
+    timing_path = inside(bundle, plan["timing_cache"])
     timing = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
     config.set_timing_cache(timing, ignore_mismatch=True)
     started = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise EngineError("TensorRT could not build the engine (see its log above)")
+        raise BackendError("TensorRT could not build the engine (see its log above)")
     seconds = time.perf_counter() - started
-    engine_path = bundle / plan["engine"]
+    engine_path = inside(bundle, plan["engine"])
     temporary = engine_path.with_name(f".{engine_path.name}.{os.getpid()}")
     temporary.write_bytes(bytes(serialized))
     os.replace(temporary, engine_path)
@@ -260,59 +257,83 @@ def build(bundle: Path, plan: dict, onnx_bytes: bytes | None = None, log=print) 
 
 
 def write_record(bundle: Path, plan: dict, seconds: float | None = None, local: dict | None = None) -> dict:
-    import hashlib
-
+    """model.engine.json: who built the engine, for which GPU and TensorRT (read back as data)."""
     local = local or local_facts()
-    engine = bundle / plan["engine"]
+    engine = inside(bundle, plan["engine"])
     record = {"engine": plan["engine"], "sha256": hashlib.sha256(engine.read_bytes()).hexdigest(),
               "tensorrt": local["tensorrt"], "compute_capability": local["compute_capability"],
               "jetson": local["jetson"], "dla_core": plan["dla_core"], "precision": plan["precision"],
               "build_seconds": None if seconds is None else round(seconds, 1),
               "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "plan": plan}
-    (bundle / "model.engine.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    (bundle / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return record
 
 
 def read_record(bundle: Path) -> dict | None:
     try:
-        return json.loads((bundle / "model.engine.json").read_text(encoding="utf-8"))
+        record = json.loads((bundle / RECORD_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    return record if isinstance(record, dict) else None
+
+
+def engine_problems(bundle: Path, manifest: Mapping[str, Any]) -> list[str]:
+    """A TensorRT bundle's engine built for another TensorRT line or GPU than this machine's,
+    judged from its build record; nothing of the bundle is imported or run."""
+    plan = manifest["backend"].get("engine")
+    if not isinstance(plan, dict) or not (bundle / str(plan.get("engine", ""))).is_file():
+        return []
+    return compatibility_problems(plan, read_record(bundle), local_facts())
 
 
 # ---------------------------------------------------------------- run
 
 
-class EngineModel:
+class TensorRtRunner(Runner):
     """The built engine, run on GPU 0 through the v3 tensor API (TensorRT 8.5 and later)."""
 
-    def __init__(self, bundle: Path, plan: dict, threads: int | None = None) -> None:
+    backend = "tensorrt"
+
+    def __init__(self, bundle: Path, plan: Mapping[str, Any], inputs: Sequence[Spec], *,
+                 threads: int | None = None) -> None:
+        super().__init__(inputs, str(plan["engine"]))
+        self.bundle, self.plan = bundle, dict(plan)
+        self._buffers: dict[str, tuple[int, int]] = {}
+
+    def _activate(self) -> None:
         trt = import_tensorrt()
-        engine_path = bundle / plan["engine"]
+        plan = self.plan
+        engine_path = inside(self.bundle, plan["engine"])
         if not engine_path.is_file():
-            raise EngineError(f"no {plan['engine']} yet: build it on this device with "
-                              "`python3 run.py --build-engine` or `bash build_engine.sh`")
-        record = read_record(bundle)
+            raise BadInputError(f"no {plan['engine']} yet: build it on this device with "
+                                "`python3 run.py --build-engine` or `bash build_engine.sh`")
+        record = read_record(self.bundle)
         problems = compatibility_problems(plan, record, local_facts())
         if problems:
-            raise EngineError(problems[0])
+            raise BackendError(problems[0])
         self.cuda = Cuda()
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.engine = trt.Runtime(self.logger).deserialize_cuda_engine(engine_path.read_bytes())
         if self.engine is None:
-            raise EngineError(f"TensorRT {trt.__version__} could not load {plan['engine']} (built by another "
-                              "TensorRT or GPU?): rebuild it with `python3 run.py --build-engine`")
+            raise BackendError(f"TensorRT {trt.__version__} could not load {plan['engine']} (built by "
+                               "another TensorRT or GPU?): rebuild it with `python3 run.py --build-engine`")
         self.context = self.engine.create_execution_context()
         self.stream = self.cuda.stream()
         self.trt = trt
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.output_names = [n for n in names if n not in self.input_names]
-        self._buffers: dict = {}
         self.runtime = {"name": "tensorrt", "version": trt.__version__,
                         "compute_capability": self.cuda.compute_capability(),
                         "dla_core": plan["dla_core"], "precision": plan["precision"]}
-        self.warnings = [] if record else ["model.engine has no model.engine.json: who built it is unknown"]
+        if not record:
+            self.warnings.append(f"{plan['engine']} has no {RECORD_NAME}: who built it is unknown")
+
+    def _deactivate(self) -> None:
+        for pointer, _ in self._buffers.values():
+            self.cuda.free(pointer)
+        self._buffers = {}
+        self.context = self.engine = None
 
     def _buffer(self, name: str, nbytes: int) -> int:
         pointer, size = self._buffers.get(name, (None, 0))
@@ -324,7 +345,7 @@ class EngineModel:
             self.context.set_tensor_address(name, pointer)
         return pointer
 
-    def infer(self, feed: dict) -> dict:
+    def _infer(self, feed: Feed) -> dict[str, np.ndarray]:
         for name in self.input_names:
             dtype = self.trt.nptype(self.engine.get_tensor_dtype(name))
             array = np.ascontiguousarray(feed[name], dtype=dtype)
@@ -336,16 +357,15 @@ class EngineModel:
             outputs[name] = np.empty(shape, dtype=self.trt.nptype(self.engine.get_tensor_dtype(name)))
             self._buffer(name, outputs[name].nbytes)
         if not self.context.execute_async_v3(self.stream):
-            raise EngineError("TensorRT inference failed (see its log above)")
+            raise BackendError("TensorRT inference failed (see its log above)")
         self.cuda.synchronize(self.stream)
         for name, array in outputs.items():
             self.cuda.to_host(array, self._buffers[name][0])
         return outputs
 
-    def layer_times(self, feed: dict, runs: int) -> dict:
+    def layer_times(self, feed: Feed, runs: int) -> dict[str, Any]:
         """Per-layer times from TensorRT's IProfiler (synchronous per layer, so slower overall)."""
-        totals: dict = {}
-
+        totals: dict[str, Any] = {}
         base = self.trt.IProfiler
 
         class Profiler(base):
@@ -359,46 +379,7 @@ class EngineModel:
         self.context.profiler = Profiler()
         try:
             for _ in range(runs):
-                self.infer(feed)
+                self._infer(feed)
         finally:
             self.context.profiler = None
         return {"source": "TensorRT IProfiler", "runs": runs, "totals": totals}
-
-    def __del__(self) -> None:
-        for pointer, _ in getattr(self, "_buffers", {}).values():
-            self.cuda.free(pointer)
-
-
-# ---------------------------------------------------------------- command line
-
-
-def _plan(bundle: Path) -> dict:
-    manifest = json.loads((bundle / "manifest.json").read_text(encoding="utf-8"))
-    plan = manifest.get("backend", {}).get("engine")
-    if not plan:
-        raise EngineError(f"{bundle} is not a TensorRT bundle (its manifest has no backend.engine)", 2)
-    return plan
-
-
-def main(argv: list | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if not args or args[0] not in ("build", "record", "facts"):
-        print(__doc__.split("\n\n")[-1], file=sys.stderr)
-        return 2
-    try:
-        if args[0] == "facts":
-            print(json.dumps(local_facts()))
-        elif args[0] == "record":
-            bundle = Path(args[1] if len(args) > 1 else ".")
-            print(json.dumps(write_record(bundle, _plan(bundle))))
-        else:
-            bundle = Path(args[1] if len(args) > 1 else ".")
-            build(bundle, _plan(bundle))
-    except EngineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

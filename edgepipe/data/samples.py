@@ -21,7 +21,7 @@ hide a preprocessing bug.
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,10 @@ from typing import Any
 import numpy as np
 
 from edgepipe.artifact import TensorSpec
+from edgepipe.data.preprocessing import ImagePreprocessing, ResolvedPreprocessing, image_files, resolve
 from edgepipe.errors import BadInputError, first_line
-from edgepipe.preprocessing import ImagePreprocessing, ResolvedPreprocessing, image_files, resolve
 from edgepipe.python_callable import load_python_callable, split_spec
+from edgepipe.settings import read_toml, validate_as
 
 Feed = dict[str, np.ndarray]
 RANDOM = "random"
@@ -231,9 +232,39 @@ def _callable_samples(spec: str, specs: tuple[TensorSpec, ...]) -> Iterator[Labe
 # --------------------------------------------------------------------------- random
 
 
-def _random_samples(specs: tuple[TensorSpec, ...], seed: int) -> Iterator[LabelledSample]:
-    from edgepipe.reference import random_samples
+def random_samples(specs: tuple[TensorSpec, ...], count: int, seed: int,
+                   examples: Mapping[str, np.ndarray] | None = None) -> list[Feed]:
+    """Seeded inputs; the first sample is the model's own example where it has one.
 
+    Integer inputs (token ids, masks, indices) are drawn from the example's value
+    range, else from {0, 1}, which is valid for any embedding or mask.
+    """
+    rng = np.random.default_rng(seed)
+    samples = []
+    for index in range(count):
+        feed: Feed = {}
+        for spec in specs:
+            shape = tuple(int(d) for d in spec.shape)
+            example = None if examples is None else examples.get(spec.name)
+            if example is not None and tuple(example.shape) != shape:
+                example = None
+            dtype = np.dtype(spec.dtype)
+            if index == 0 and example is not None:
+                feed[spec.name] = np.ascontiguousarray(example)
+            elif dtype.kind == "f":
+                feed[spec.name] = rng.standard_normal(shape).astype(dtype)
+            elif dtype.kind == "b":
+                feed[spec.name] = rng.integers(0, 2, shape).astype(bool)
+            elif dtype.kind in "iu":
+                low, high = (0, 2) if example is None else (int(example.min()), int(example.max()) + 1)
+                feed[spec.name] = rng.integers(low, high, shape).astype(dtype)
+            else:
+                raise BadInputError(f"input '{spec.name}': cannot make samples of dtype {dtype}")
+        samples.append(feed)
+    return samples
+
+
+def _random_samples(specs: tuple[TensorSpec, ...], seed: int) -> Iterator[LabelledSample]:
     index = 0
     while True:
         yield LabelledSample(random_samples(specs, 1, seed + index)[0], None)
@@ -276,9 +307,6 @@ def _declared_for(folder: Path, preprocess: ImagePreprocessing | None) -> ImageP
     """A `preprocess.toml` beside the images wins: the data set knows how it was made."""
     sidecar = folder / "preprocess.toml"
     if sidecar.is_file():
-        from edgepipe.config import read_toml
-        from edgepipe.settings import validate_as
-
         return validate_as(ImagePreprocessing, read_toml(sidecar), str(sidecar))
     return preprocess or ImagePreprocessing()
 

@@ -1,0 +1,70 @@
+"""Evaluation data (`--eval`): what a transformed model is judged on.
+
+`--eval` takes an image folder per class (ImageFolder layout), an `.npz` (or a
+folder of them) with the inputs and a `labels` array, or `file.py:fn`, a metric
+called as `fn(run) -> float` where `run(feed) -> {output name: array}` (higher is
+better). Without `--eval`, calibration samples stand in, for fidelity only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgepipe.artifact import TensorSpec
+from edgepipe.data.preprocessing import ImagePreprocessing
+from edgepipe.data.samples import Feed, LabelledSample, SampleSource, open_samples
+from edgepipe.errors import BadInputError
+from edgepipe.python_callable import load_python_callable, split_spec
+
+Run = Callable[[Feed], dict[str, np.ndarray]]
+
+
+@dataclass(frozen=True)
+class EvalData:
+    """What a model is judged on: samples (maybe labelled) and/or a user metric."""
+
+    origin: str
+    samples: list[LabelledSample] = field(default_factory=list)
+    metric: Callable[[Run], float] | None = None
+
+    @property
+    def has_labels(self) -> bool:
+        return bool(self.samples) and all(s.label is not None for s in self.samples)
+
+
+def open_eval(spec: str | Path, specs: tuple[TensorSpec, ...], *, limit: int,
+              preprocess: ImagePreprocessing | None = None, seed: int = 0) -> EvalData:
+    """Read up to `limit` evaluation samples into memory (they are reused for every candidate)."""
+    text = str(spec)
+    if split_spec(text):
+        return EvalData(origin=f"metric {text}", metric=load_python_callable(text))
+    source: SampleSource = open_samples(text, specs, flag="--eval", preprocess=preprocess, seed=seed,
+                                        with_labels=True)
+    if source.is_random:
+        raise BadInputError("--eval random: evaluation needs real data")
+    samples = list(source.labelled(limit))
+    labelled = sum(s.label is not None for s in samples)
+    if 0 < labelled < len(samples):
+        raise BadInputError(f"--eval {text}: some samples have labels and some do not")
+    return EvalData(origin=source.describe(len(samples)), samples=samples)
+
+
+def calibration_eval(samples: Iterator[Feed], origin: str) -> EvalData:
+    """Fallback when no `--eval` is given: fidelity only, on calibration samples."""
+    return EvalData(origin=origin, samples=[LabelledSample(feed, None) for feed in samples])
+
+
+def eval_data_for(eval_spec: str | None, calibration: SampleSource | None, specs: tuple[TensorSpec, ...], *,
+                  limit: int, preprocess: ImagePreprocessing | None, seed: int) -> EvalData | None:
+    """`--eval` data where given, else up to `limit` calibration samples (64 if they are random,
+    which only measure fidelity), else None."""
+    if eval_spec is not None:
+        return open_eval(eval_spec, specs, limit=limit, preprocess=preprocess, seed=seed)
+    if calibration is None:
+        return None
+    samples = list(calibration.samples(min(limit, 64) if calibration.is_random else limit))
+    return calibration_eval(iter(samples), f"{calibration.describe(len(samples))} (calibration data)")

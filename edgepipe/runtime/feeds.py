@@ -1,0 +1,114 @@
+"""What a runner is fed on the device: arrays from .npy/.npz, an image preprocessed as the build
+recorded it, or seeded random tensors.
+
+`image_to_array` is the one implementation of the manifest's image preprocessing; the
+build uses it too (edgepipe.data.preprocessing), so calibration and device cannot drift.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import BackendError, BadInputError, first_line
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+Spec = Mapping[str, Any]
+
+
+def image_to_array(path: Path, pre: Mapping[str, Any]) -> np.ndarray:
+    """One decoded image as a (C, H, W) or (H, W, C) array, without the batch axis, by a
+    preprocessing record (resize, crop, scale, mean, std, channels, layout, dtype)."""
+    try:
+        from PIL import Image
+    except ImportError:
+        raise BackendError("image inputs need Pillow: pip install pillow") from None
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if pre["channels"] == "gray" else "RGB")
+            width, height = image.size
+            factor = pre["resize"] / min(width, height)
+            image = image.resize((max(1, round(width * factor)), max(1, round(height * factor))),
+                                 Image.Resampling.BILINEAR)
+            crop_h, crop_w = pre["crop"]
+            if image.height < crop_h or image.width < crop_w:
+                raise BadInputError(f"{path}: {image.width}x{image.height} after resizing to "
+                                    f"{pre['resize']} is smaller than the crop {crop_w}x{crop_h}")
+            left, top = (image.width - crop_w) // 2, (image.height - crop_h) // 2
+            pixels = np.asarray(image.crop((left, top, left + crop_w, top + crop_h)), np.float32)
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise BadInputError(f"{path}: unreadable image ({first_line(exc)})") from None
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pre["channels"] == "bgr":
+        pixels = pixels[:, :, ::-1]
+    mean, std = np.asarray(pre["mean"], np.float32), np.asarray(pre["std"], np.float32)
+    pixels = (pixels * pre["scale"] - mean) / std
+    if pre["layout"] == "NCHW":
+        pixels = pixels.transpose(2, 0, 1)
+    return np.ascontiguousarray(pixels.astype(pre["dtype"]))
+
+
+def read_image(path: Path, specs: Sequence[Spec]) -> dict[str, np.ndarray]:
+    """An image fed the way calibration fed it, from the manifest's preprocessing record."""
+    pre = specs[0].get("preprocessing") if len(specs) == 1 else None
+    if not pre or pre.get("kind") != "image":
+        raise BadInputError(f"{path}: this bundle records no image preprocessing; give a .npy/.npz input")
+    array = image_to_array(path, pre)[None]
+    if list(array.shape) != list(specs[0]["shape"]):
+        raise BadInputError(f"{path}: one image gives {list(array.shape)}, the model takes "
+                            f"{list(specs[0]['shape'])}")
+    return {specs[0]["name"]: array}
+
+
+def read_arrays(path: Path, specs: Sequence[Spec]) -> dict[str, np.ndarray]:
+    """A .npy (single-input models) or .npz of arrays named after the inputs, exactly as the model
+    takes them (or, where `device_shape` is given, in the model's own layout)."""
+    try:
+        if path.suffix == ".npy":
+            if len(specs) != 1:
+                raise BadInputError(f"{path}: the model has {len(specs)} inputs; use a .npz")
+            arrays = {specs[0]["name"]: np.load(path, allow_pickle=False)}
+        else:
+            archive = np.load(path, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise BadInputError(f"{path}: a single array, not an .npz archive of named arrays")
+            with archive:
+                arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise BadInputError(f"{path}: unreadable ({first_line(exc)})") from None
+    feed = {}
+    for spec in specs:
+        if spec["name"] not in arrays:
+            raise BadInputError(f"{path}: no array named '{spec['name']}'")
+        array = arrays[spec["name"]]
+        shapes = [list(spec["shape"]), spec.get("device_shape")]  # TFLite: also the model's own layout
+        if array.dtype.name != spec["dtype"] or list(array.shape) not in shapes:
+            raise BadInputError(f"{path}: '{spec['name']}' is {array.dtype.name} {list(array.shape)}, "
+                                f"the model expects {spec['dtype']} {list(spec['shape'])}")
+        feed[spec["name"]] = array
+    return feed
+
+
+def random_inputs(specs: Sequence[Spec], seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feed = {}
+    for spec in specs:
+        dtype = np.dtype(spec["dtype"])
+        if dtype.kind == "f":
+            feed[spec["name"]] = rng.standard_normal(spec["shape"]).astype(dtype)
+        else:
+            feed[spec["name"]] = rng.integers(0, 2, spec["shape"]).astype(dtype)
+    return feed
+
+
+def read_feed(path: Path | None, specs: Sequence[Spec], seed: int = 0) -> dict[str, np.ndarray]:
+    if path is None:
+        return random_inputs(specs, seed)
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return read_image(path, specs)
+    return read_arrays(path, specs)
