@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -29,15 +27,12 @@ def run_worker(command: list[str]) -> dict:
 
 
 def machine() -> dict[str, object]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "machine": platform.machine()}
+    """The CPU (model and the ISA features that pick kernels) that produced the numbers."""
+    from edgepipe.runtime.machine import machine_facts
+
+    facts = machine_facts()
+    facts.pop("hostname")
+    return facts
 
 
 def time_interleaved(candidates: dict[str, list[str]], rounds: int) -> dict[str, float]:
@@ -57,5 +52,7 @@ def write_report(out: Path, benchmark: str, settings: dict[str, object], models:
     report = {"benchmark": benchmark, "date": datetime.now(UTC).replace(microsecond=0).isoformat(),
               "machine": machine(), "settings": settings, "models": models}
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    from edgepipe.runtime import strict_json
+
+    out.write_text(strict_json.dumps(report, indent=2) + "\n")
     print(f"written to {out}")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,16 +18,26 @@ from edgepipe import manifest as manifest_io
 from edgepipe.artifact import StageReport
 from edgepipe.backends import get_backend
 from edgepipe.bundle import write_bundle
-from edgepipe.config import Profile, load_target
+from edgepipe.config import Profile, Target, load_target
 from edgepipe.data.samples import RANDOM, open_samples
-from edgepipe.errors import BadInputError, MissingExtraError
+from edgepipe.errors import BadInputError, GateFailedError, MissingExtraError
 from edgepipe.extras import require
 from edgepipe.pipeline import run_stages
-from edgepipe.profiler.local import run_bundle_benchmark
-from edgepipe.profiler.remote import RemoteHost, run_remote_benchmark
+from edgepipe.profiler.remote import RemoteHost
 from edgepipe.profiler.report import default_profile_path, make_profile
+from edgepipe.profiler.rounds import (
+    AB_LOOKS,
+    AB_ROUNDS,
+    DEFAULT_ROUNDS,
+    MIN_AB_ROUNDS,
+    LocalPlace,
+    RemotePlace,
+    TimingOptions,
+    time_rounds,
+)
 from edgepipe.profiles import load_profile
 from edgepipe.reference import make_reference
+from edgepipe.runtime import strict_json
 from edgepipe.settings import describe_validation_error
 from edgepipe.shapes import parse_input_specs, resolve_inputs
 from edgepipe.sources import load_source
@@ -70,10 +80,10 @@ def build(
     trust_pickle: bool = False,
     skip_passes: Sequence[str] = (),
     sign: Path | None = None,
+    portable: bool | None = None,
     encrypt: bool = False,
     encrypt_key: Path | None = None,
     on_stage: Callable[[StageReport], None] = lambda report: None,
-    auto_selection: dict[str, Any] | None = None,
 ) -> BuildResult:
     """Compile `model` for `target` into a bundle folder; nothing is left behind on failure."""
     started = perf_counter()
@@ -95,18 +105,13 @@ def build(
     target_label = resolved_target.name if target.endswith(".toml") else target
     out = out or Path("dist") / f"{model_name(model)}-{target_label}"
     if resolved_profile.candidates:
-        from edgepipe import auto_select
-
-        common = {"inputs": inputs, "eval_data": eval_data, "train": train, "prune_ratio": prune_ratio,
-                  "weights": weights,
-                  "trust_pickle": trust_pickle, "skip_passes": skip_passes, "on_stage": on_stage}
-        out.parent.mkdir(parents=True, exist_ok=True)
-        selection = auto_select.select(build, model, target=resolved_target, target_spec=target,
-                                       profile=resolved_profile, calib=None if calib is None else str(calib),
-                                       out=out, **common)
-        return build(model, target=target, profile=selection["chosen"], out=out, calib=calib, force=force,
-                     sign=sign, encrypt=encrypt, encrypt_key=encrypt_key,
-                     auto_selection={"profile": resolved_profile.name, **selection}, **common)
+        return _build_auto(model, target, resolved_target, resolved_profile, out, force=force,
+                           calib=None if calib is None else str(calib), signing_key=signing_key,
+                           common={"inputs": inputs, "eval_data": eval_data, "train": train,
+                                   "prune_ratio": prune_ratio, "weights": weights,
+                                   "trust_pickle": trust_pickle, "skip_passes": skip_passes,
+                                   "on_stage": on_stage, "portable": portable, "encrypt": encrypt,
+                                   "encrypt_key": encrypt_key})
     backend = get_backend(resolved_target.backend)
     try:
         require(backend.runtime_module, f"target '{resolved_target.name}' (backend {backend.name})")
@@ -116,8 +121,9 @@ def build(
                                     f"target '{target}' (= {resolved_target.name} on this host; "
                                     f"--target onnxruntime-cpu needs no extra)") from None
         raise
+    inputs = _input_paths(model, weights, calib, eval_data, train)
     try:
-        with staging_area(out, force) as staging:
+        with staging_area(out, force, inputs) as staging:
             source = load_source(model, trust_pickle=trust_pickle, weights=weights)
             specs = resolve_inputs(source.declared_inputs(overrides), overrides)
             if "prune" in resolved_profile.stages:
@@ -136,21 +142,87 @@ def build(
                                    eval=str(eval_data) if eval_data is not None else None,
                                    train=str(train) if train is not None else None,
                                    shape_ranges={name: o.shape_range for name, o in overrides.items()
-                                                 if o.shape_range is not None})
+                                                 if o.shape_range is not None},
+                                   notices=_unused_data(resolved_profile, eval_data, train))
             result = run_stages(context, on_stage)
             manifest = write_bundle(
-                staging / "bundle", source=source, target=resolved_target, target_spec=target,
-                profile=resolved_profile, result=result, reference=reference,
+                staging / "bundle", staging / "build", source=source, target=resolved_target,
+                target_spec=target, profile=resolved_profile, result=result, reference=reference,
                 backend_versions=backend.runtime_versions(), seconds=perf_counter() - started,
-                auto_selection=auto_selection, encrypt_key=model_key)
-            if signing_key is not None:
-                from edgepipe import signing
+                portable=resolved_target.bundle.portable if portable is None else portable,
+                encrypt_key=model_key)
+            _sign(staging / "bundle", signing_key)
+            publish(staging, out, force)
+    except OSError as exc:  # nothing was published
+        raise _os_error(exc, out, inputs) from None
+    return BuildResult(out, manifest)
 
-                signing.sign_bundle(staging / "bundle", signing_key)
-            publish(staging, out)
-    except OSError as exc:  # a full disk or a vanished folder mid-build: nothing was published
-        raise BadInputError(f"cannot write the bundle ({exc.filename or out}): "
-                            f"{exc.strerror or exc}") from None
+
+def _unused_data(profile: Profile, eval_data: object, train: object) -> tuple[str, ...]:
+    """Data the user gave that this profile never reads: say so instead of ignoring it."""
+    notices = []
+    if eval_data is not None and not {"quantize", "prune"} & set(profile.stages):
+        notices.append(f"--eval is not used: profile '{profile.name}' has no quantize or prune stage "
+                       "(its stages are held to parity with the source model)")
+    if train is not None and "prune" not in profile.stages:
+        notices.append(f"--train is not used: profile '{profile.name}' has no prune stage")
+    return tuple(notices)
+
+
+def _sign(bundle: Path, key: Any) -> None:
+    """Sign the finished manifest (the last write to a bundle before it is published)."""
+    if key is not None:
+        from edgepipe import signing
+
+        signing.sign_bundle(bundle, key)
+
+
+def _input_paths(*specs: str | Path | None) -> tuple[Path, ...]:
+    """The files and folders a build reads, which its output must never replace."""
+    from edgepipe.python_callable import split_spec
+
+    paths = []
+    for spec in specs:
+        if spec is None or str(spec) == RANDOM:
+            continue
+        parts = split_spec(str(spec))
+        paths.append(parts[0] if parts else Path(spec))
+    return tuple(p for p in paths if p.exists())
+
+
+def _os_error(exc: OSError, out: Path, inputs: tuple[Path, ...]) -> BadInputError:
+    """An input that could not be read says so, naming it; anything else is the output failing (a
+    full disk, a folder removed mid-build)."""
+    if exc.filename:
+        path = Path(exc.filename).absolute()
+        if any(path == held.absolute() or held.absolute() in path.parents for held in inputs):
+            return BadInputError(f"cannot read {exc.filename}: {exc.strerror or exc}")
+    return BadInputError(f"cannot write the bundle ({exc.filename or out}): {exc.strerror or exc}")
+
+
+def _build_auto(model: str, target_spec: str, target: Target, profile: Profile, out: Path, *, force: bool,
+                calib: str | None, signing_key: Any, common: dict[str, Any]) -> BuildResult:
+    """`--profile auto`: the output is checked before any candidate is built, the candidates are
+    built and timed in a staging folder, and the very bundle that won is shipped (its manifest
+    and report gain the selection, then it is signed), never a rebuild of it."""
+    from edgepipe import auto_select
+    from edgepipe.bundle import record_selection
+    from edgepipe.staging import build_dir_for
+
+    inputs = _input_paths(model, common["weights"], calib, common["eval_data"], common["train"])
+    try:
+        with staging_area(out, force, inputs) as staging:
+            selection, chosen = auto_select.select(build, model, target=target, target_spec=target_spec,
+                                                   profile=profile, calib=calib, work=staging / "candidates",
+                                                   **common)
+            manifest = record_selection(chosen, build_dir_for(chosen), {"profile": profile.name, **selection})
+            _sign(chosen, signing_key)
+            for source, slot in ((chosen, staging / "bundle"), (build_dir_for(chosen), staging / "build")):
+                shutil.rmtree(slot)
+                os.rename(source, slot)
+            publish(staging, out, force)
+    except OSError as exc:  # nothing was published
+        raise _os_error(exc, out, inputs) from None
     return BuildResult(out, manifest)
 
 
@@ -249,29 +321,88 @@ def keygen(path: Path, kind: str = "ed25519", force: bool = False) -> list[Path]
     return list(signing.generate_keypair(path, force))
 
 
-def profile(bundle: Path, *, runs: int = 100, warmup: int = 10, threads: int | None = None,
-            out: Path | None = None, layers: bool = False, remote: RemoteHost | None = None,
-            min_duration: float = 0.0, energy: str | None = None) -> tuple[Path, dict[str, Any]]:
-    """Time a bundle with its own runner in a fresh process; write profile.json atomically.
-    `energy` overrides the target's meter (run.py --energy), e.g. a fleet board's own."""
-    if runs < 1 or warmup < 0 or (threads is not None and threads < 0):
-        raise BadInputError("--runs must be at least 1, --warmup and --threads at least 0")
+def checked_bundle(bundle: Path, pubkey: Path | None = None) -> dict[str, Any]:
+    """The manifest of a bundle about to be timed: its signature first (exit 1 when it fails,
+    before anything else of the bundle is read), then every file against the manifest."""
+    if pubkey is not None:
+        problems = verify(bundle, pubkey)
+        if problems:
+            raise GateFailedError(f"{bundle}: {problems[0]}")
     manifest = manifest_io.load_manifest(bundle)
     problems = manifest_io.verify_bundle(bundle)
     if problems:
         raise BadInputError(f"{bundle}: does not match its manifest: {problems[0]}")
+    return manifest
+
+
+def _timing(runs: int, warmup: int, threads: int | None, rounds: int, min_duration: float) -> None:
+    if runs < 1 or warmup < 0 or (threads is not None and threads < 0):
+        raise BadInputError("--runs must be at least 1, --warmup and --threads at least 0")
+    if rounds < 1:
+        raise BadInputError("--rounds must be at least 1")
     if min_duration < 0:
         raise BadInputError("--min-duration must be at least 0")
-    if remote is None:
-        raw = run_bundle_benchmark(bundle, runs=runs, warmup=warmup, threads=threads, layers=layers,
-                                   min_duration=min_duration, energy=energy)
-    else:
-        raw = run_remote_benchmark(bundle, remote, runs=runs, warmup=warmup, threads=threads, layers=layers,
-                                   min_duration=min_duration, energy=energy)
-    data = make_profile(bundle, manifest, raw, threads, remote=remote.host if remote else None)
+
+
+def profile(bundle: Path, *, runs: int = 100, warmup: int = 10, threads: int | None = None,
+            out: Path | None = None, layers: bool = False, remote: RemoteHost | None = None,
+            min_duration: float = 0.0, energy: str | None = None, pubkey: Path | None = None,
+            rounds: int = DEFAULT_ROUNDS) -> tuple[Path, dict[str, Any]]:
+    """Time a bundle in `rounds` fresh processes (the runs split across them), here with the
+    installed runtime or on a device with its run.py; write profile.json atomically.
+    `energy` overrides the target's meter (run.py --energy), e.g. a fleet board's own. With
+    `pubkey`, a bundle not signed by it is refused (exit 1) before anything else is read."""
+    _timing(runs, warmup, threads, rounds, min_duration)
+    manifest = checked_bundle(bundle, pubkey)
+    options = TimingOptions(runs=runs, warmup=warmup, threads=threads, layers=layers,
+                            min_duration=min_duration, energy=energy)
+    with LocalPlace() if remote is None else RemotePlace(remote) as place:
+        raws = time_rounds(place, [bundle], rounds, options)[0]
+    data = make_profile(bundle, manifest, raws, threads, remote=remote.host if remote else None)
     out = out or default_profile_path(bundle)
     write_json_atomically(out, data)
     return out, data
+
+
+def compare_run(old: Path, new: Path, *, rounds: int = AB_ROUNDS, runs: int = 120, warmup: int = 10,
+                threads: int | None = None, remote: RemoteHost | None = None, metric: str = "p50",
+                max_slowdown: float = 0.05, alpha: float = 0.01, pubkey: Path | None = None,
+                save: Path | None = None, looks: int = AB_LOOKS) -> dict[str, Any]:
+    """A/B on one device: both bundles timed in interleaved rounds (A B, B A, …, each a fresh
+    process), then the decision of `compare`, pair by pair. The robust gate for a noisy device:
+    drift of the device's state hits both sides alike.
+
+    Sequential: after `rounds` pairs the verdict is taken; while it is "inconclusive", `rounds`
+    more pairs are timed, up to `looks` looks. Each look tests at alpha / looks (Bonferroni), so
+    peeking cannot raise the false-alarm rate above alpha; a clear answer stops early."""
+    from edgepipe.compare import compare_profiles
+
+    _timing(runs, warmup, threads, rounds, 0.0)
+    if rounds < MIN_AB_ROUNDS:
+        raise BadInputError(f"--rounds {rounds}: --run needs at least {MIN_AB_ROUNDS} round pairs (the "
+                            "process pair is the unit; fewer cannot reach 1 % significance)")
+    if looks < 1:
+        raise BadInputError("--looks must be at least 1")
+    manifests = [checked_bundle(bundle, pubkey) for bundle in (old, new)]
+    per_round = TimingOptions(runs=max(1, runs // rounds) * rounds, warmup=warmup, threads=threads)
+    where = remote.host if remote else None
+    raws: list[list[dict[str, Any]]] = [[], []]
+    with LocalPlace() if remote is None else RemotePlace(remote) as place:
+        for look in range(1, looks + 1):  # noqa: B007 - the number of looks taken is reported
+            more = time_rounds(place, [old, new], rounds, per_round, first_index=len(raws[0]))
+            raws = [raws[0] + more[0], raws[1] + more[1]]
+            profiles = [make_profile(bundle, manifest, raw, threads, remote=where)
+                        for bundle, manifest, raw in zip((old, new), manifests, raws, strict=True)]
+            result = compare_profiles(profiles[0], profiles[1], metric=metric, max_slowdown=max_slowdown,
+                                      alpha=alpha / looks, names=(str(old), str(new)), paired=True)
+            if result["decision"]["verdict"] != "inconclusive":
+                break
+    if save is not None:
+        for name, data in zip(("baseline", "new"), profiles, strict=True):
+            write_json_atomically(save / f"{name}.profile.json", data)
+    return {**result, "mode": "interleaved A/B", "device": profiles[0]["device"],
+            "sequential": {"looks": look, "max_looks": looks, "alpha_per_look": alpha / looks,
+                           "pairs": len(raws[0])}}
 
 
 def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
@@ -282,7 +413,7 @@ def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
         raise BadInputError(f"cannot write {path}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(json.dumps(data, indent=2) + "\n")
+            stream.write(strict_json.dumps(data, indent=2) + "\n")
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -333,7 +464,7 @@ def inspect(spec: str, *, trust_pickle: bool = False) -> dict[str, Any]:
     """What a bundle or any model `build` accepts holds."""
     path = Path(spec)
     if path.is_dir():
-        manifest = manifest_io.load_manifest(path)
+        manifest = manifest_io.full_manifest(path)
         return {"kind": "bundle", **manifest_io.summary(manifest, path)}
     source = load_source(spec, trust_pickle=trust_pickle)
     size = sum(f.stat().st_size for f in source.files)

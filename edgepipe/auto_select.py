@@ -3,14 +3,14 @@ that meets its own accuracy budget.
 
 int8 is not always fastest (measured on a small MobileNetV3-style network: OpenVINO bf16
 0.31 ms, f32 0.43 ms, int8 0.47 ms), so the choice is measured, not assumed. Candidates are
-timed the way DESIGN.md section 7 asks: each bundle by its own run.py in a fresh process,
+timed the way DESIGN.md section 7 asks: each bundle by the runtime in a fresh process,
 in interleaved rounds, median of round medians, with the same thread count.
 """
 
 from __future__ import annotations
 
+import re
 import statistics
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ from typing import Any
 from edgepipe.backends import get_backend
 from edgepipe.config import Profile, Target
 from edgepipe.errors import BadInputError, GateFailedError
-from edgepipe.profiler.local import run_bundle_benchmark
+from edgepipe.profiler.rounds import LocalPlace, TimingOptions, time_rounds
 from edgepipe.profiles import load_profile
 
 Build = Callable[..., Any]  # api.build
@@ -40,46 +40,50 @@ def _skip_reason(candidate: Profile, target: Target, host_precisions: tuple[str,
 
 
 def select(build: Build, model: str, *, target: Target, target_spec: str, profile: Profile,
-           calib: str | None, out: Path, **build_args: Any) -> dict[str, Any]:
-    """Build and time the candidates; return the selection record (chosen profile and table)."""
+           calib: str | None, work: Path, **build_args: Any) -> tuple[dict[str, Any], Path]:
+    """Build the candidates into `work` and time them; (the selection record, the chosen bundle).
+
+    The chosen bundle is the very one that was timed: the caller ships it, not a rebuild."""
     if any(load_profile(name).candidates for name in profile.candidates):
         raise BadInputError(f"profile '{profile.name}': a candidate may not itself have candidates")
     host = get_backend(target.backend).host_precisions(target.runtime)
     rows: list[dict[str, Any]] = []
     built: dict[str, Path] = {}
-    with tempfile.TemporaryDirectory(prefix=".edgepipe-auto-", dir=out.parent) as work:
-        for name in profile.candidates:
-            candidate = load_profile(name)
-            reason = _skip_reason(candidate, target, host, calib is not None)
-            if reason:
-                rows.append({"profile": name, "status": "skipped", "reason": reason})
-                continue
-            try:
-                result = build(model, target=target_spec, profile=name, out=Path(work) / name, calib=calib,
-                               **build_args)
-            except GateFailedError as exc:
-                rows.append({"profile": name, "status": "over budget", "reason": str(exc)})
-                continue
-            built[name] = result.bundle
-            rows.append({"profile": name, "status": "built",
-                         "cosine": result.summary["parity"]["min_cosine"]})
-        if not built:
-            raise GateFailedError(f"--profile {profile.name}: no candidate could be shipped ("
-                                  + "; ".join(f"{r['profile']}: {r['reason']}" for r in rows) + ")")
-        settings = profile.auto
-        medians: dict[str, list[float]] = {name: [] for name in built}
-        for _ in range(settings.rounds):
-            for name, bundle in built.items():
-                raw = run_bundle_benchmark(bundle, runs=settings.runs, warmup=settings.warmup,
-                                           threads=settings.threads)
-                medians[name].append(statistics.median(raw["latencies_ms"]))
+    for index, name in enumerate(profile.candidates):
+        candidate = load_profile(name)
+        reason = _skip_reason(candidate, target, host, calib is not None)
+        if reason:
+            rows.append({"profile": name, "status": "skipped", "reason": reason})
+            continue
+        try:
+            # A candidate may be a path to a profile file: its folder is named after its index.
+            folder = re.sub(r"[^\w.-]", "_", f"{index}-{candidate.name}")
+            result = build(model, target=target_spec, profile=name, out=work / folder, calib=calib,
+                           **build_args)
+        except GateFailedError as exc:  # over its budget: never shipped, whatever its speed
+            rows.append({"profile": name, "status": "over budget", "reason": str(exc)})
+            continue
+        built[name] = result.bundle
+        rows.append({"profile": name, "status": "built", "cosine": result.summary["parity"]["min_cosine"]})
+    if not built:
+        raise GateFailedError(f"--profile {profile.name}: no candidate could be shipped ("
+                              + "; ".join(f"{r['profile']}: {r['reason']}" for r in rows) + ")")
+    settings = profile.auto
+    options = TimingOptions(runs=settings.runs * settings.rounds, warmup=settings.warmup,
+                            threads=settings.threads)
+    with LocalPlace() as place:
+        raws = time_rounds(place, list(built.values()), settings.rounds, options)
+    medians = {name: [statistics.median(r["latencies_ms"]) for r in rounds]
+               for name, rounds in zip(built, raws, strict=True)}
     latency = {name: statistics.median(values) for name, values in medians.items()}
     chosen = min(latency, key=latency.__getitem__)
     for row in rows:
         if row["profile"] in latency:
             row["median_ms"] = round(latency[row["profile"]], 4)
+            row["round_medians_ms"] = [round(v, 4) for v in medians[row["profile"]]]
     others = ", ".join(f"{name} {ms:.3f} ms" for name, ms in sorted(latency.items(), key=lambda kv: kv[1])
                        if name != chosen)
-    return {"chosen": chosen, "candidates": rows, "timing": settings.model_dump(mode="json"),
-            "reason": f"fastest within its budget on this host: {latency[chosen]:.3f} ms"
-                      + (f" (vs {others})" if others else " (the only candidate that could ship)")}
+    record = {"chosen": chosen, "candidates": rows, "timing": settings.model_dump(mode="json"),
+              "reason": f"fastest within its budget on this host: {latency[chosen]:.3f} ms"
+                        + (f" (vs {others})" if others else " (the only candidate that could ship)")}
+    return record, built[chosen]

@@ -1,4 +1,9 @@
-"""report.md: the build as a person reads it (stage table, parity, sizes, warnings)."""
+"""report.md: the build as a person reads it (stage table, parity, sizes, warnings).
+
+Rendered twice from one manifest: into the bundle without what the build measured (times,
+in-build latencies), so the flashable folder is reproducible byte for byte, and into
+`<bundle>.build/` with them.
+"""
 
 from __future__ import annotations
 
@@ -17,23 +22,30 @@ def _metric(value: float | None, fmt: str) -> str:
     return "—" if value is None else format(value, fmt)
 
 
+def _timed(row: dict[str, Any], key: str, fmt: str) -> str:
+    """A measured value as a trailing table cell; nothing where the report leaves timings out."""
+    return f" {_metric(row.get(key), fmt)} |" if key in row else ""
+
+
 def _pass_table(stage: dict[str, Any]) -> list[str]:
     """The per-pass table of a stage that runs graph passes (fuse)."""
     passes = stage["metrics"].get("passes")
     if not passes:
         return []
+    timed = any("seconds" in row for row in passes)
     lines = ["", f"### Passes of `{stage['stage']}` ({stage['metrics']['nodes_before']} → "
              f"{stage['metrics']['nodes_after']} nodes)", "",
-             "| pass | rewrites | nodes | op change | max abs diff | cosine | seconds |",
-             "|---|---:|---|---|---:|---:|---:|"]
+             "| pass | rewrites | nodes | op change | max abs diff | cosine |"
+             + (" seconds |" if timed else ""),
+             "|---|---:|---|---|---:|---:|" + ("---:|" if timed else "")]
     for row in passes:
         if row["skipped"]:
-            lines.append(f"| {row['pass']} | skipped | | | | | |")
+            lines.append(f"| {row['pass']} | skipped | | | | |" + (" |" if timed else ""))
             continue
         change = ", ".join(f"{op} {delta:+d}" for op, delta in row["op_change"].items()) or "—"
         lines.append(f"| {row['pass']} | {row['rewrites']} | {row['nodes_before']} → "
                      f"{row['nodes_after']} | {change} | {row['max_abs_diff']:.3g} | "
-                     f"{row['min_cosine']:.6f} | {row['seconds']:.3f} |")
+                     f"{row['min_cosine']:.6f} |" + _timed(row, "seconds", ".3f"))
     lines.append("")
     lines.append("Parity of each pass is against the stage's input model.")
     return lines
@@ -80,13 +92,15 @@ def _quantize_section(stage: dict[str, Any]) -> list[str]:
               f"{budget['max_metric_drop']:g}, mean cosine ≥ {budget['min_cosine']:g}; on exceed: "
               f"{budget['on_exceed']}."]
     if m["fallback"]:
+        timed = any("latency_cost_ms" in row for row in m["fallback"])
         lines += ["", "Kept in float to meet the budget (worst first):", "",
-                  "| tensor | local SQNR dB | nodes kept in float | mean cosine after | latency cost ms |",
-                  "|---|---:|---|---:|---:|"]
+                  "| tensor | local SQNR dB | nodes kept in float | mean cosine after |"
+                  + (" latency cost ms |" if timed else ""),
+                  "|---|---:|---|---:|" + ("---:|" if timed else "")]
         for row in m["fallback"]:
             lines.append(f"| `{row['tensor']}` | {row['sqnr_db']} | {', '.join(row['nodes'])} | "
-                         f"{_metric(row['mean_cosine_after'], '.5f')} | "
-                         f"{_metric(row['latency_cost_ms'], '+.3f')} |")
+                         f"{_metric(row['mean_cosine_after'], '.5f')} |"
+                         + _timed(row, "latency_cost_ms", "+.3f"))
     if m["worst_layers"]:
         lines += ["", "Worst quantized tensors (local SQNR: the tensor against its own int8 copy):", "",
                   "| tensor | kind | scale | zero point | SQNR dB |", "|---|---|---:|---:|---:|"]
@@ -108,16 +122,20 @@ def _prune_section(stage: dict[str, Any]) -> list[str]:
     if stage["stage"] != "prune":
         return []
     m = stage["metrics"]
+    timed = any("latency_ms" in step for step in m["steps"])
     lines = ["", f"### Pruning ({m['method']})", "", f"{m['speed'].capitalize()}.", "",
-             f"Scored on {m['evaluation']['origin']}; latency: {m['latency_note']}.", "",
-             "| model | top-1 % | metric | mean cosine | latency ms | MACs | params | size | compressed "
-             "| weight sparsity |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"Scored on {m['evaluation']['origin']}"
+             + (f"; latency: {m['latency_note']}." if timed else "."), "",
+             "| model | top-1 % | metric | mean cosine | MACs | params | size | compressed "
+             "| weight sparsity |" + (" latency ms |" if timed else ""),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if timed else "")]
     for step in m["steps"]:
         s = step["scores"]
         lines.append(f"| {step['model']} | {_score(s, 'top1', '.2f')} | {_score(s, 'metric', '.4g')} | "
-                     f"{_score(s, 'mean_cosine', '.5f')} | {_metric(step['latency_ms'], '.4f')} | "
+                     f"{_score(s, 'mean_cosine', '.5f')} | "
                      f"{_count(step['macs'])} | {_count(step['params'])} | {_size(step['size_bytes'])} | "
-                     f"{_size(step['compressed_bytes'])} | {step['weight_sparsity']:.1%} |")
+                     f"{_size(step['compressed_bytes'])} | {step['weight_sparsity']:.1%} |"
+                     + _timed(step, "latency_ms", ".4f"))
     ratios = [f"MACs × {m['macs_ratio']}" if m.get("macs_ratio") is not None else "",
               f"latency × {m['latency_ratio']}" if m.get("latency_ratio") is not None else ""]
     lines += ["", "Shipped vs unpruned: " + ", ".join(r for r in ratios if r) + "."]
@@ -126,7 +144,8 @@ def _prune_section(stage: dict[str, Any]) -> list[str]:
         loss = "" if f["loss_first"] is None else f", loss {f['loss_first']:.4g} → {f['loss_last']:.4g}"
         lines += ["", f"Distilled from the unpruned model: {f['epochs']} epochs, {f['steps']} steps, "
                       f"lr {f['lr']:g}, T {f['temperature']:g}, on {f['data']} "
-                      f"({'with' if f['labels_used'] else 'without'} labels){loss}, {f['seconds']:.1f} s."]
+                      f"({'with' if f['labels_used'] else 'without'} labels){loss}"
+                      + (f", {f['seconds']:.1f} s." if "seconds" in f else ".")]
     budget = m["budget"]
     lines += ["", f"Budget vs unpruned: top-1 drop ≤ {budget['max_top1_drop']:g} points, metric drop ≤ "
               f"{budget['max_metric_drop']:g}, mean cosine ≥ {budget['min_cosine']:g}; on exceed: "
@@ -170,8 +189,10 @@ def _engine_section(manifest: dict[str, Any]) -> list[str]:
     checks = manifest["backend"]["runtime_reports"].get("prechecks", {})
     gpu = engine["compute_capability"] or "the building GPU's"
     dla = "GPU only" if engine["dla_core"] is None else f"DLA core {engine['dla_core']}"
-    status = ("built on the build host" if engine["built"] else "not built yet: the device builds it "
-              "(`bash build_engine.sh` or `python3 run.py --build-engine`)")
+    shipped = any(entry["path"] == engine["engine"] for entry in manifest["files"])
+    status = ("built on the build host and shipped" if engine.get("built", shipped) else
+              "not built yet: the device builds it (`bash build_engine.sh` or "
+              "`python3 run.py --build-engine`)")
     return ["", "## TensorRT engine", "",
             f"TensorRT {engine['tensorrt_version']}, compute capability {gpu}, {dla}, precision "
             f"{engine['precision']}" + (f" ({engine['int8_mode']})" if engine["int8_mode"] else "")
@@ -182,9 +203,12 @@ def _engine_section(manifest: dict[str, Any]) -> list[str]:
             "```sh", "trtexec " + " ".join(trtexec_args(EnginePlan(**fields))), "```"]
 
 
-def render(manifest: dict[str, Any]) -> str:
+def render(manifest: dict[str, Any], in_bundle: bool = False) -> str:
+    """The report; `in_bundle`: the bundle's own copy, which leaves out what the build measured
+    and says where to find it."""
     model, target, profile = manifest["model"], manifest["target"], manifest["profile"]
     parity = manifest["parity"]
+    timed = all("seconds" in stage for stage in manifest["stages"])
     lines = [
         f"# {model['name']} for {target['name']}",
         "",
@@ -194,17 +218,20 @@ def render(manifest: dict[str, Any]) -> str:
         f"Source: `{model['source']['spec']}` ({model['source']['kind']}, "
         f"sha256 `{model['source']['sha256'][:16]}…`).",
         "",
+        *(["Times and in-build latency estimates differ on every build, so they are not in the "
+           "bundle: on the build host, see `report.md` and `build.json` in the `<bundle>.build/` "
+           "folder beside the bundle's.", ""] if in_bundle else []),
         "## Stages",
         "",
-        "| stage | output | seconds | max abs diff | cosine | top-1 agreement |",
-        "|---|---|---:|---:|---:|---:|",
+        "| stage | output | max abs diff | cosine | top-1 agreement |" + (" seconds |" if timed else ""),
+        "|---|---|---:|---:|---:|" + ("---:|" if timed else ""),
     ]
     for stage in manifest["stages"]:
         p = stage["parity"] or {}
         lines.append(
-            f"| {stage['stage']} | `{stage['output']}` | {stage['seconds']:.2f} | "
+            f"| {stage['stage']} | `{stage['output']}` | "
             f"{_metric(p.get('max_abs_diff'), '.3g')} | {_metric(p.get('min_cosine'), '.6f')} | "
-            f"{_metric(p.get('min_top1_agreement'), '.3f')} |"
+            f"{_metric(p.get('min_top1_agreement'), '.3f')} |" + _timed(stage, "seconds", ".2f")
         )
     for stage in manifest["stages"]:
         lines += _pass_table(stage)
@@ -223,15 +250,16 @@ def render(manifest: dict[str, Any]) -> str:
     if manifest.get("auto"):
         auto = manifest["auto"]
         lines += ["", f"## Chosen by measurement (`--profile {auto['profile']}`)", "",
-                  f"Shipped **{auto['chosen']}**: {auto['reason']}. Each candidate was timed by its own "
-                  f"run.py in a fresh process, {auto['timing']['rounds']} interleaved rounds of "
-                  f"{auto['timing']['runs']} runs.", "",
-                  "| candidate | status | median latency | cosine vs source | why |",
-                  "|---|---|---:|---:|---|"]
+                  f"Shipped **{auto['chosen']}**: "
+                  f"{auto.get('reason', 'the fastest within its budget on the build host')}. "
+                  f"Each candidate was timed in fresh processes, {auto['timing']['rounds']} interleaved "
+                  f"rounds of {auto['timing']['runs']} runs.", "",
+                  "| candidate | status | cosine vs source | why |" + (" median latency |" if timed else ""),
+                  "|---|---|---:|---|" + ("---:|" if timed else "")]
         for row in auto["candidates"]:
             latency = "—" if row.get("median_ms") is None else f"{row['median_ms']:.3f} ms"
-            lines.append(f"| {row['profile']} | {row['status']} | {latency} | "
-                         f"{_metric(row.get('cosine'), '.6f')} | {row.get('reason', '')} |")
+            lines.append(f"| {row['profile']} | {row['status']} | {_metric(row.get('cosine'), '.6f')} | "
+                         f"{row.get('reason', '')} |" + (f" {latency} |" if timed else ""))
     lines += [
         "",
         "## Parity of the deployed model",

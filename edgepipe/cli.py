@@ -22,6 +22,8 @@ from edgepipe import __version__
 from edgepipe.artifact import StageReport
 from edgepipe.errors import BadInputError, EdgepipeError
 from edgepipe.extras import require
+from edgepipe.profiler.rounds import AB_LOOKS, AB_ROUNDS, DEFAULT_ROUNDS
+from edgepipe.runtime import strict_json
 
 app = typer.Typer(
     name="edgepipe",
@@ -32,6 +34,8 @@ app = typer.Typer(
 )
 
 DebugOption = Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")]
+RoundsOption = Annotated[int, typer.Option(
+    help="Fresh processes to time in (the statistical unit of a verdict); runs are split across them.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 
 
@@ -54,6 +58,8 @@ def _errors_to_exit_codes(debug: bool, as_json: bool) -> Iterator[None]:
         if debug:
             raise
         _fail(str(exc), exc.exit_code, as_json)
+    except Terminated:
+        _fail("terminated (SIGTERM); nothing was written", 143, as_json)
     except KeyboardInterrupt:
         _fail("interrupted; nothing was written", 130, as_json)
     except Exception as exc:
@@ -65,13 +71,13 @@ def _errors_to_exit_codes(debug: bool, as_json: bool) -> Iterator[None]:
 
 def _fail(message: str, code: int, as_json: bool) -> None:
     if as_json:
-        print(json.dumps({"error": message, "exit_code": code}))
+        print(strict_json.dumps({"error": message, "exit_code": code}))
     _stderr().print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
     raise typer.Exit(code)
 
 
 def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2) + "\n")
+    sys.stdout.write(strict_json.dumps(data, indent=2) + "\n")
 
 
 def _version_callback(value: bool) -> None:
@@ -130,6 +136,10 @@ def build(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle.")] = False,
     sign: Annotated[Path | None, typer.Option(
         help="Sign the manifest with this Ed25519 private key (from `edgepipe keygen`).")] = None,
+    portable: Annotated[bool | None, typer.Option(
+        "--portable/--no-portable", help="Ship model.onnx, the portable model, in the bundle (default: "
+                                         "the target's [bundle] portable; TensorRT bundles always do).")]
+    = None,
     encrypt: Annotated[bool, typer.Option(
         "--encrypt", help="Encrypt the model files (AES-256-GCM); key from --encrypt-key or "
                           "$EDGEPIPE_MODEL_KEY, never stored in the bundle.")] = False,
@@ -171,7 +181,7 @@ def build(
 
         result = api.build(model, target=target, profile=profile, out=out, inputs=inputs or [],
                            calib=calib, eval_data=eval_data, train=train, prune_ratio=prune_ratio,
-                           weights=weights, force=force, sign=sign, encrypt=encrypt,
+                           weights=weights, force=force, sign=sign, portable=portable, encrypt=encrypt,
                            encrypt_key=encrypt_key,
                            trust_pickle=trust_pickle,
                            skip_passes=skip_pass or [], on_stage=on_stage)
@@ -336,20 +346,24 @@ def profile(
                                                     "runtime).")] = "python3",
     ssh_option: Annotated[list[str] | None, typer.Option(help="Extra ssh -o Key=Value (repeatable).")]
     = None,
+    pubkey: Annotated[Path | None, typer.Option(
+        help="Ed25519 public key: profile only a bundle signed by it (checked before anything else).")]
+    = None,
+    rounds: RoundsOption = DEFAULT_ROUNDS,
     as_json: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
-    """Time a bundle with its own run.py in a fresh process, here or on a device over SSH."""
+    """Time a bundle in several fresh processes (rounds; the runs are split across them), here with
+    the installed runtime or on a device over SSH with the bundle's run.py."""
     from edgepipe import api
-    from edgepipe.profiler.remote import RemoteHost
 
     with _errors_to_exit_codes(debug, as_json):
-        remote = None if host is None else RemoteHost(host, port, identity, remote_python,
-                                                      tuple(ssh_option or ()))
+        remote = _remote(host, port, identity, remote_python, ssh_option)
         if report is not None:
             require("matplotlib", "edgepipe profile --report")  # fail before minutes of timing
         path, data = api.profile(bundle, runs=runs, warmup=warmup, threads=threads, out=out,
-                                 layers=layers, remote=remote, min_duration=min_duration)
+                                 layers=layers, remote=remote, min_duration=min_duration, pubkey=pubkey,
+                                 rounds=rounds)
         if report is not None:
             from edgepipe.profiler.html_report import write_html_report
 
@@ -361,23 +375,78 @@ def profile(
         _render_profile(path, data)
 
 
+def _remote(host: str | None, port: int | None, identity: Path | None, python: str,
+            ssh_option: list[str] | None):
+    from edgepipe.profiler.remote import RemoteHost
+
+    return None if host is None else RemoteHost(host, port, identity, python, tuple(ssh_option or ()))
+
+
 @app.command()
 def compare(
-    baseline: Annotated[Path, typer.Argument(help="The baseline profile.json.")],
-    new: Annotated[Path, typer.Argument(help="The new profile.json.")],
+    baseline: Annotated[Path, typer.Argument(help="The baseline profile.json (with --run: bundle).")],
+    new: Annotated[Path, typer.Argument(help="The new profile.json (with --run: bundle).")],
+    run: Annotated[bool, typer.Option(
+        "--run", help="A/B: time the two bundles here (or on --host) in interleaved rounds, each a "
+                      "fresh process, then decide: the robust gate on a noisy device.")] = False,
     max_slowdown: Annotated[str, typer.Option(help="Allowed slowdown, e.g. 5% or 0.05.")] = "5%",
     alpha: Annotated[float, typer.Option(help="Significance level of the test.")] = 0.01,
-    metric: Annotated[str, typer.Option(help="p50, p90 (or energy, once profiles record it).")] = "p50",
+    metric: Annotated[str, typer.Option(help="p50, p90, or energy.")] = "p50",
+    rounds: Annotated[int | None, typer.Option(
+        help=f"--run: round pairs per look, each bundle a fresh process (default {AB_ROUNDS}).")] = None,
+    looks: Annotated[int | None, typer.Option(
+        help=f"--run: while inconclusive, time --rounds more pairs, up to this many looks, each at "
+             f"alpha/looks (default {AB_LOOKS}).")] = None,
+    runs: Annotated[int | None, typer.Option(
+        help="--run: timed runs per bundle, split across rounds (default 120).")] = None,
+    warmup: Annotated[int | None, typer.Option(help="--run: untimed runs per round (default 10).")] = None,
+    threads: Annotated[int | None, typer.Option(help="--run: runtime threads (default: the target's).")]
+    = None,
+    host: Annotated[str | None, typer.Option(help="--run on user@device over SSH.")] = None,
+    port: Annotated[int | None, typer.Option(help="SSH port.")] = None,
+    identity: Annotated[Path | None, typer.Option(help="SSH private key.")] = None,
+    remote_python: Annotated[str, typer.Option(help="Python on the device.")] = "python3",
+    ssh_option: Annotated[list[str] | None, typer.Option(help="Extra ssh -o Key=Value (repeatable).")]
+    = None,
+    pubkey: Annotated[Path | None, typer.Option(
+        help="--run: time only bundles signed by this Ed25519 key (checked first).")] = None,
+    save: Annotated[Path | None, typer.Option(
+        help="--run: also write the two profiles (baseline/new.profile.json) into this folder.")] = None,
     as_json: JsonOption = False,
     debug: DebugOption = False,
 ) -> None:
-    """Decide whether NEW regressed against BASELINE (two profile.json, or two matrix.json compared
-    cell by cell and board by board); exit 1 on a significant regression."""
+    """Decide whether NEW regressed against BASELINE: two profile.json (rounds compared, the
+    process as the unit), two matrix.json (cell by cell, board by board), or with --run two bundles
+    timed A/B on one device; exit 1 on a significant regression."""
+    from edgepipe import api
     from edgepipe.compare import compare_files, parse_threshold
     from edgepipe.matrix import report as matrix_report
 
     with _errors_to_exit_codes(debug, as_json):
-        if matrix_report.is_matrix_json(baseline):
+        timing = {"rounds": rounds or AB_ROUNDS, "runs": runs or 120, "threads": threads, "pubkey": pubkey,
+                  "warmup": 10 if warmup is None else warmup}
+        if looks is not None:
+            timing["looks"] = looks
+        given = [flag for flag, value in (("--rounds", rounds), ("--looks", looks), ("--runs", runs),
+                                          ("--warmup", warmup),
+                                          ("--threads", threads), ("--host", host), ("--pubkey", pubkey),
+                                          ("--save", save)) if value is not None]
+        if given and not run:
+            raise BadInputError(f"{given[0]} applies to `compare --run` only (two profiles are compared "
+                                "as they were measured)")
+        if run and matrix_report.is_matrix_json(baseline):
+            from edgepipe.matrix.rerun import rerun
+
+            if host is not None or save is not None:
+                raise BadInputError("compare --run on two matrices times on the boards the matrix names; "
+                                    "--host and --save do not apply")
+            result = rerun(baseline, new, metric=metric, max_slowdown=parse_threshold(max_slowdown),
+                           alpha=alpha, **timing)
+        elif run:
+            remote = _remote(host, port, identity, remote_python, ssh_option)
+            result = api.compare_run(baseline, new, remote=remote, metric=metric, alpha=alpha,
+                                     max_slowdown=parse_threshold(max_slowdown), save=save, **timing)
+        elif matrix_report.is_matrix_json(baseline):
             if metric not in ("p50", "p90"):
                 raise BadInputError(f"--metric {metric!r}: matrices compare p50 or p90 latency")
             result = matrix_report.compare(matrix_report.load_matrix_json(baseline),
@@ -478,8 +547,10 @@ def _render_matrix(result: dict[str, Any], out: Path) -> None:
 def _render_compare(result: dict[str, Any]) -> None:
     d = result["decision"]
     console = _stdout()
-    table = Table(title=f"{d['metric']} latency, {result['samples']['baseline']} vs "
-                        f"{result['samples']['new']} runs")
+    rounds = result.get("rounds", {"baseline": 1, "new": 1})
+    table = Table(title=f"{d['metric']}, {rounds['baseline']} vs {rounds['new']} rounds "
+                        f"({result['samples']['baseline']} vs {result['samples']['new']} runs; unit: "
+                        f"{d.get('unit', 'run')})" + (f", {result['mode']}" if result.get("mode") else ""))
     for column in ("baseline ms", "new ms", "ratio", f"{100 * d['confidence']:.0f} % interval", "p-value",
                    "allowed", "verdict"):
         table.add_column(column, justify="right")
@@ -498,8 +569,8 @@ def _render_compare(result: dict[str, Any]) -> None:
     for warning in result["warnings"]:
         _stderr().print(f"[yellow]warning:[/] {escape(warning)}", markup=True, highlight=False)
     if d["verdict"] == "inconclusive":
-        console.print("inconclusive: the noise is larger than the allowed slowdown; profile with more "
-                      "runs or on a quieter machine")
+        console.print("inconclusive: the noise is larger than the allowed slowdown; use more rounds, "
+                      "`compare --run` (A/B on one device), or a quieter machine")
 
 
 def _render_profile(path: Path, data: dict[str, Any]) -> None:
@@ -586,12 +657,18 @@ class Interrupted(KeyboardInterrupt):
     """
 
 
+class Terminated(Interrupted):
+    """SIGTERM (a CI job cancelled, `kill`): handled like Ctrl-C, the staging folder removed by the
+    same `finally` blocks, exit 143 (128 + 15) as a shell reports a process ended by SIGTERM."""
+
+
 def _raise_interrupted(signum: int, frame: object) -> None:
-    raise Interrupted()
+    raise Terminated() if signum == signal.SIGTERM else Interrupted()
 
 
 def main() -> None:
     signal.signal(signal.SIGINT, _raise_interrupted)
+    signal.signal(signal.SIGTERM, _raise_interrupted)
     app()
 
 

@@ -52,6 +52,13 @@ class EnergySettings(StrictModel):
     meter: str = "none"
 
 
+class BundleSettings(StrictModel):
+    """What goes into the flashable folder beyond what the device runs."""
+
+    portable: bool = Field(False, description="ship model.onnx, the portable model the artifact was "
+                                              "lowered from (TensorRT bundles always do)")
+
+
 class TargetFile(StrictModel):
     name: str
     description: str
@@ -66,9 +73,11 @@ class TargetFile(StrictModel):
     runtime: dict[str, Any] = Field(default_factory=dict)
     energy: EnergySettings = EnergySettings()
     int8: Int8Scheme = Int8Scheme()
+    bundle: BundleSettings = BundleSettings()
 
 
 _DEFAULT_INT8 = Int8Scheme()
+_DEFAULT_BUNDLE = BundleSettings()
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,7 @@ class Target:
     energy: EnergySettings
     source: Path
     int8: Int8Scheme = _DEFAULT_INT8
+    bundle: BundleSettings = _DEFAULT_BUNDLE
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,6 +110,7 @@ class Target:
             "runtime": self.runtime.model_dump(mode="json"),
             "energy": self.energy.model_dump(mode="json"),
             "int8": self.int8.model_dump(mode="json"),
+            "bundle": self.bundle.model_dump(mode="json"),
         }
 
 
@@ -131,6 +142,7 @@ def load_target_file(path: Path) -> Target:
         energy=raw.energy,
         source=path,
         int8=int8,
+        bundle=raw.bundle,
     )
 
 
@@ -176,7 +188,7 @@ class AccuracyBudget(StrictModel):
 
 
 class AutoSettings(StrictModel):
-    """How `--profile auto` times its candidates: each bundle's run.py in its own process,
+    """How `--profile auto` times its candidates: each bundle by the runtime in its own process,
     interleaved rounds, median of round medians (DESIGN.md section 7)."""
 
     rounds: int = Field(3, ge=1)

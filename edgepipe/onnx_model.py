@@ -22,7 +22,7 @@ from edgepipe.errors import BadInputError, first_line
 PROTOBUF_LIMIT = 2**31 - 1  # serialised models above this need external data
 
 
-def _all_tensors(graph: onnx.GraphProto):
+def all_tensors(graph: onnx.GraphProto):
     """Initializers and tensor attributes, sub-graphs included (onnx's own walker is private)."""
     yield from graph.initializer
     for node in graph.node:
@@ -31,14 +31,14 @@ def _all_tensors(graph: onnx.GraphProto):
                 yield attribute.t
             yield from attribute.tensors
             if attribute.HasField("g"):
-                yield from _all_tensors(attribute.g)
+                yield from all_tensors(attribute.g)
             for subgraph in attribute.graphs:
-                yield from _all_tensors(subgraph)
+                yield from all_tensors(subgraph)
 
 
 def _external_locations(model: onnx.ModelProto) -> list[str]:
     locations = []
-    for tensor in _all_tensors(model.graph):
+    for tensor in all_tensors(model.graph):
         if external_data_helper.uses_external_data(tensor):
             info = {entry.key: entry.value for entry in tensor.external_data}
             locations.append(info.get("location", ""))
@@ -68,6 +68,29 @@ def _check_structure(model: onnx.ModelProto, path: Path) -> None:
     """What the ONNX checker lets through but every later tool trips over."""
     if not model.graph.output:
         raise BadInputError(f"{path}: the graph declares no outputs")
+    initializers = {init.name for init in model.graph.initializer}
+    for kind, values in (("input", model.graph.input), ("output", model.graph.output)):
+        for value in values:
+            if value.name in initializers:
+                continue
+            which = value.type.WhichOneof("value")
+            if which != "tensor_type" or not value.type.tensor_type.elem_type:
+                what = {"sequence_type": "a sequence", "optional_type": "an optional", "map_type": "a map",
+                        "sparse_tensor_type": "a sparse tensor", "tensor_type": "a tensor of undefined type"
+                        }.get(which or "", "of no type")
+                raise BadInputError(f"{path}: graph {kind} '{value.name}' is {what}; edgepipe builds models "
+                                    "whose inputs and outputs are dense tensors")
+            dims = value.type.tensor_type.shape.dim
+            if any(d.HasField("dim_value") and d.dim_value == 0 for d in dims):
+                shape = "x".join(str(d.dim_value) if d.HasField("dim_value") else "?" for d in dims)
+                raise BadInputError(f"{path}: graph {kind} '{value.name}' has a zero-sized dimension "
+                                    f"({shape})")
+    seen: dict[str, str] = {}
+    for node in model.graph.node:
+        if node.name and node.name in seen:
+            raise BadInputError(f"{path}: two nodes are named '{node.name}' ({seen[node.name]} and "
+                                f"{node.op_type}); ONNX Runtime refuses that: give them distinct names")
+        seen[node.name] = node.op_type
     newest = onnx.defs.onnx_opset_version()
     for opset in model.opset_import:
         if opset.domain in ("", "ai.onnx") and opset.version > newest:
@@ -113,6 +136,27 @@ def load_checked(path: Path) -> onnx.ModelProto:
         raise BadInputError(f"{path}: invalid ONNX model: {first_line(exc)}") from None
     return model
 
+
+
+def check_tensor_sizes(model: onnx.ModelProto, path: Path, limit: int = 2**31 - 1) -> None:
+    """Refuse a model whose shape inference finds a tensor of more than `limit` elements (a Pad by
+    2^40, a Resize by 10^6, an Expand to 10^14): a runtime would fail allocating it, with a long
+    log instead of the node's name."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception:  # what inference cannot do, the export stage's strict run reports
+        return
+    producers = {out: node for node in inferred.graph.node for out in node.output}
+    for value in (*inferred.graph.value_info, *inferred.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if not dims or not all(d.HasField("dim_value") for d in dims):
+            continue
+        count = int(np.prod([float(d.dim_value) for d in dims]))
+        if count > limit:
+            node = producers.get(value.name)
+            where = f"node '{node.name or node.op_type}' ({node.op_type})" if node else "the graph"
+            raise BadInputError(f"{path}: {where} makes tensor '{value.name}' of {count:.3g} elements "
+                                f"({'x'.join(str(d.dim_value) for d in dims)}); refused")
 
 
 def _dtype_name(elem_type: int) -> str:
@@ -164,6 +208,37 @@ def set_static_input_shapes(model: onnx.ModelProto, specs: tuple[TensorSpec, ...
             dim.dim_value = int(size)
 
 
+def eliminate_identities(model) -> None:
+    """onnx_ir's IdentityEliminationPass, except where it would change what a graph computes.
+
+    The pass (onnx_ir 1.1) folds `y = Identity(x)` into `x` renamed `y`. Two cases break: `x` is
+    itself an output of the same graph (a Scan body returning its state and a copy of it then
+    returns one value twice; found on a valid Scan model), and `x` lives in an outer graph (an If
+    branch returning an outer value: renamed, or refused with an error when the outer value is an
+    output too). Those Identity nodes are kept, by hiding them from the pass for its run.
+    """
+    from onnx_ir.passes.common import IdentityEliminationPass
+
+    def home(value):
+        producer = value.producer()
+        return producer.graph if producer is not None else value.graph
+
+    kept = []
+    for graph in (model.graph, *model.graph.subgraphs()):
+        for node in graph:
+            if node.op_type != "Identity" or node.domain != "" or not node.inputs or node.inputs[0] is None:
+                continue
+            source, result = node.inputs[0], node.outputs[0]
+            if home(source) is not graph or (source.is_graph_output() and result.is_graph_output()):
+                node.domain = "edgepipe.keep"
+                kept.append(node)
+    try:
+        IdentityEliminationPass()(model)
+    finally:
+        for node in kept:
+            node.domain = ""
+
+
 def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
     """Clean an exported graph with onnx_ir's standard passes.
 
@@ -179,7 +254,9 @@ def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
     Sequential(
         passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=16),
         passes.RemoveInitializersFromInputsPass(),
-        passes.IdentityEliminationPass(),
+    )(ir_model)
+    eliminate_identities(ir_model)
+    Sequential(
         passes.RemoveUnusedNodesPass(),
         passes.RemoveUnusedOpsetsPass(),
         passes.TopologicalSortPass(),

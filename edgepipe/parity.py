@@ -20,23 +20,28 @@ class OutputParity:
     cosine: float
     tolerance_ratio: float  # worst |diff| / (atol + rtol * |ref|); above 1 fails allclose
     top1_agreement: float | None  # for classifier-shaped (batch, classes) outputs
+    nonfinite_reference: int = 0  # NaN/inf elements: any breaks parity (nothing can be compared)
+    nonfinite_candidate: int = 0
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, elementwise: bool = True) -> dict[str, Any]:
+        """`elementwise`: whether an atol/rtol budget applied (after int8 none does: no ratio)."""
         return {
             "name": self.name,
             "max_abs_diff": float(f"{self.max_abs_diff:.6g}"),
             "mean_abs_diff": float(f"{self.mean_abs_diff:.6g}"),
             "cosine": float(f"{self.cosine:.9f}"),
-            "tolerance_ratio": float(f"{self.tolerance_ratio:.4g}"),
+            "tolerance_ratio": float(f"{self.tolerance_ratio:.4g}") if elementwise else None,
             "top1_agreement": self.top1_agreement,
+            **({"nonfinite_reference": self.nonfinite_reference, "nonfinite": self.nonfinite_candidate}
+               if self.nonfinite_reference or self.nonfinite_candidate else {}),
         }
 
 
 @dataclass(frozen=True)
 class ParityReport:
     samples: int
-    atol: float
-    rtol: float
+    atol: float | None  # None (both): no elementwise budget, as after int8; cosine judges
+    rtol: float | None
     outputs: tuple[OutputParity, ...]
 
     @property
@@ -57,12 +62,17 @@ class ParityReport:
         found = []
         for out in self.outputs:
             # Written as "not within" so that NaN (which compares false with everything) fails.
-            if not math.isfinite(out.max_abs_diff) or not math.isfinite(out.cosine):
-                found.append(f"output '{out.name}' holds NaN or infinite values")
+            if out.nonfinite_reference:
+                found.append(f"output '{out.name}' of the reference model holds {out.nonfinite_reference} "
+                             "NaN or infinite values")
+                continue
+            if out.nonfinite_candidate or not math.isfinite(out.cosine):
+                found.append(f"output '{out.name}' holds {out.nonfinite_candidate} NaN or infinite values "
+                             "where the reference is finite")
                 continue
             if budget.atol is not None and not out.tolerance_ratio <= 1.0:
                 found.append(f"output '{out.name}' differs by up to {out.tolerance_ratio:.3g}x "
-                             f"the tolerance atol {self.atol:g} + rtol {self.rtol:g} * |ref| "
+                             f"the tolerance atol {self.atol or 0:g} + rtol {self.rtol or 0:g} * |ref| "
                              f"(max abs diff {out.max_abs_diff:.3g})")
             if not out.cosine >= budget.min_cosine:
                 found.append(f"output '{out.name}' cosine {out.cosine:.6f} < {budget.min_cosine:g}")
@@ -72,15 +82,17 @@ class ParityReport:
         return found
 
     def to_json(self) -> dict[str, Any]:
+        elementwise = self.atol is not None or self.rtol is not None
         return {
             "samples": self.samples,
             "atol": self.atol,
             "rtol": self.rtol,
-            "max_tolerance_ratio": float(f"{max(o.tolerance_ratio for o in self.outputs):.4g}"),
+            "max_tolerance_ratio": float(f"{max(o.tolerance_ratio for o in self.outputs):.4g}")
+            if elementwise else None,
             "max_abs_diff": float(f"{self.max_abs_diff:.6g}"),
             "min_cosine": float(f"{self.min_cosine:.9f}"),
             "min_top1_agreement": self.min_top1_agreement,
-            "outputs": [o.to_json() for o in self.outputs],
+            "outputs": [o.to_json(elementwise) for o in self.outputs],
         }
 
 
@@ -92,8 +104,8 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / norm)
 
 
-def compare_outputs(reference: Sequence[Feed], candidate: Sequence[Feed], atol: float,
-                    rtol: float) -> ParityReport:
+def compare_outputs(reference: Sequence[Feed], candidate: Sequence[Feed], atol: float | None,
+                    rtol: float | None) -> ParityReport:
     """Compare per output over all samples, matching outputs by position.
 
     The tolerance test is numpy.allclose's, |got - ref| <= atol + rtol * |ref| for
@@ -104,6 +116,8 @@ def compare_outputs(reference: Sequence[Feed], candidate: Sequence[Feed], atol: 
     """
     if len(reference) != len(candidate):
         raise ValueError("reference and candidate have different sample counts")
+    if reference and len(reference[0]) != len(candidate[0]):
+        raise ValueError(f"{len(reference[0])} outputs became {len(candidate[0])}")
     names = list(reference[0])
     results = []
     for position, name in enumerate(names):
@@ -113,10 +127,12 @@ def compare_outputs(reference: Sequence[Feed], candidate: Sequence[Feed], atol: 
         got_flat = np.concatenate([g.astype(np.float64).ravel() for g in got])
         if ref_flat.shape != got_flat.shape:
             raise ValueError(f"output '{name}' changed shape: {ref[0].shape} -> {got[0].shape}")
-        diff = np.abs(ref_flat - got_flat)
-        allowed = atol + rtol * np.abs(ref_flat)
-        with np.errstate(divide="ignore", invalid="ignore"):
+        # NaN/inf make every number below NaN or inf: counted apart and reported as such.
+        with np.errstate(all="ignore"):
+            diff = np.abs(ref_flat - got_flat)
+            allowed = (atol or 0.0) + (rtol or 0.0) * np.abs(ref_flat)
             ratio = np.where(diff == 0, 0.0, diff / allowed)
+            cos = cosine(ref_flat, got_flat)
         top1 = None
         if all(r.ndim == 2 and r.shape[1] > 1 for r in ref):
             agree = sum(int((r.argmax(1) == g.argmax(1)).sum()) for r, g in zip(ref, got, strict=True))
@@ -125,8 +141,10 @@ def compare_outputs(reference: Sequence[Feed], candidate: Sequence[Feed], atol: 
             name=name,
             max_abs_diff=float(diff.max()) if diff.size else 0.0,
             mean_abs_diff=float(diff.mean()) if diff.size else 0.0,
-            cosine=cosine(ref_flat, got_flat),
+            cosine=cos,
             tolerance_ratio=float(ratio.max()) if ratio.size else 0.0,
             top1_agreement=top1,
+            nonfinite_reference=int((~np.isfinite(ref_flat)).sum()),
+            nonfinite_candidate=int((~np.isfinite(got_flat)).sum()),
         ))
     return ParityReport(samples=len(reference), atol=atol, rtol=rtol, outputs=tuple(results))

@@ -2,7 +2,8 @@
 
 Each stage yields candidates and their scores; this module alone decides. Float stages
 (export, fuse, lowering of a float model) are held elementwise to the profile's accuracy
-budget against the model before them, and each fuse pass to the same budget. A lossy stage
+budget against the source model, and each fuse pass to the same budget against the pass's
+input. A lossy stage
 (int8, pruning) is held to its task budget on evaluation data, candidate by candidate,
 until one keeps it (the stage's remedy is its next candidate) or none is left (exit 1);
 every stage after it is held to the lossy stage's `parity_budget` against its output, so
@@ -12,6 +13,7 @@ for every stage.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -58,8 +60,11 @@ def outputs_of(artifact: Artifact, ctx: BuildContext, quantized: bool) -> tuple[
         return [runner.infer(feed) for feed in ctx.reference.inputs], dict(runner.runtime)
 
 
-def _compare(reference: list[dict], outputs: list[dict], budget: AccuracyBudget) -> ParityReport:
-    return compare_outputs(reference, outputs, budget.atol or 0.0, budget.rtol or 0.0)
+def _compare(reference: list[dict], outputs: list[dict], budget: AccuracyBudget, stage: str) -> ParityReport:
+    try:
+        return compare_outputs(reference, outputs, budget.atol, budget.rtol)
+    except ValueError as exc:  # an output changed shape or count: the stage broke the model's contract
+        raise GateFailedError(f"stage '{stage}' changed the model's outputs: {exc}") from None
 
 
 def _keep(artifact: Artifact, output: Path) -> Artifact:
@@ -88,25 +93,29 @@ def _keep(artifact: Artifact, output: Path) -> Artifact:
 def accept(stage: Stage, model: Artifact, settings: object, ctx: BuildContext, output: Path) -> StageOutcome:
     """The stage's first candidate within its task budget; exit 1 when none is. Every verdict
     is recorded in the accepted candidate's metrics (`verdicts`) for the report."""
-    candidates = stage.run(model, settings, ctx, output)
+    accepted = None
     verdicts: list[dict[str, object]] = []
     rejected = None
-    try:
+    with contextlib.closing(stage.run(model, settings, ctx, output)) as candidates:
         for outcome in candidates:
             judged = outcome.judgement
             if judged is None:
                 if getattr(stage, "lossy", False):
                     raise AssertionError(f"lossy stage '{stage.name}' yielded a candidate without scores")
-                return outcome
+                accepted = outcome
+                break
             violations = task_violations(judged.baseline, judged.baseline_metric, judged.scores,
                                          judged.budget, judged.against)
             verdicts.append({"candidate": judged.label, "violations": violations})
             if not violations:
                 outcome.metrics["verdicts"] = verdicts
-                return outcome
+                accepted = outcome
+                break
             rejected = (judged, violations)
-    finally:
-        candidates.close()
+    if accepted is not None:
+        if accepted.complete is not None:
+            accepted.complete()
+        return accepted
     if rejected is None:
         raise AssertionError(f"stage '{stage.name}' yielded no candidate")
     judged, violations = rejected
@@ -115,18 +124,15 @@ def accept(stage: Stage, model: Artifact, settings: object, ctx: BuildContext, o
                           f"{remedy}")
 
 
-def _check_steps(outcome: StageOutcome, budget: AccuracyBudget) -> list[str]:
-    """A stage's named steps (fuse passes) held to the float budget; warnings when it only warns."""
-    warnings = []
+def _check_steps(outcome: StageOutcome, budget: AccuracyBudget) -> None:
+    """A stage's named steps (fuse passes) held to the float budget. Always a failure, even when
+    the profile only warns about its stages: a pass that breaks parity is a bug to skip, and the
+    message says how."""
     for check in outcome.checks:
         violations = check.report.violations(budget)
-        if not violations:
-            continue
-        remedy = f"; {check.remedy}" if check.remedy else ""
-        if budget.on_exceed == "fail":
+        if violations:
+            remedy = f"; {check.remedy}" if check.remedy else ""
             raise GateFailedError(f"{check.label} breaks parity: {violations[0]}{remedy}")
-        warnings.append(f"{check.label}: accuracy budget exceeded: {violations[0]}")
-    return warnings
 
 
 def run_stages(ctx: BuildContext,
@@ -145,19 +151,18 @@ def run_stages(ctx: BuildContext,
         output = ctx.work_dir / f"{index:02d}-{name}.onnx"
         started = perf_counter()
         outcome = accept(stage, model, settings, ctx, output)
-        if outcome.complete is not None:
-            outcome.complete()
         artifact = _keep(outcome.artifact, output) if name != "lower" else outcome.artifact
         seconds = perf_counter() - started
         lossy = getattr(stage, "lossy", False)
         quantized = quantized or getattr(stage, "int8", False)
-        warnings = [*outcome.warnings, *_check_steps(outcome, budget)]
+        _check_steps(outcome, budget)
+        warnings = [*(ctx.notices if index == 0 else ()), *outcome.warnings]
         outputs, ran = outputs_of(artifact, ctx, quantized)
         if lossy:
             budget = stage.parity_budget(settings, budget)
-        parity = _compare(ctx.reference.outputs, outputs, budget)
+        parity = _compare(ctx.reference.outputs, outputs, budget, name)
         report = StageReport(name, artifact.path.name, seconds, parity, outcome.metrics, warnings, ran)
-        violations = [] if lossy else _compare(anchor, outputs, budget).violations(budget)
+        violations = [] if lossy else _compare(anchor, outputs, budget, name).violations(budget)
         if lossy:
             anchor, anchor_name = outputs, f"the '{name}' stage's output"
         if violations and budget.on_exceed == "warn":

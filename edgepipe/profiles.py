@@ -33,9 +33,14 @@ def _profile_path(name: str) -> Path:
     return path
 
 
+MAX_EXTENDS_DEPTH = 32  # deeper than any real profile family; far below the recursion limit
+
+
 def _resolved_profile_data(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if path.resolve() in seen:
         raise BadInputError(f"{path}: 'extends' forms a cycle")
+    if len(seen) >= MAX_EXTENDS_DEPTH:
+        raise BadInputError(f"{path}: 'extends' chain deeper than {MAX_EXTENDS_DEPTH} profiles")
     data = read_toml(path)
     extends = data.get("extends")
     if extends is None:
@@ -45,9 +50,14 @@ def _resolved_profile_data(path: Path, seen: tuple[Path, ...] = ()) -> dict[str,
         raise BadInputError(f"{path}: key 'extends': must be a profile name or path, or a list of them")
     merged: dict[str, Any] = {}
     for parent_name in names:  # later parents win, the file itself wins over all
-        parent_path = _profile_path(parent_name)
+        try:
+            parent_path = _profile_path(parent_name)
+        except BadInputError as exc:
+            raise BadInputError(f"{path}: key 'extends': {exc}") from None
         if not parent_path.is_absolute() and looks_like_path(parent_name):
             parent_path = path.parent / parent_name
+        if not parent_path.is_file():
+            raise BadInputError(f"{path}: key 'extends': {parent_path}: no such file")
         parent = _resolved_profile_data(parent_path, (*seen, path.resolve()))
         for key in ("name", "description", "extends"):
             parent.pop(key, None)

@@ -6,6 +6,7 @@ a file that fails to import gets a one-line error naming the spec.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import sys
@@ -42,10 +43,37 @@ def load_python_callable(spec: str) -> Callable[..., Any]:
         import_spec.loader.exec_module(module)
     except EdgepipeError:
         raise
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # sys.exit() in user code must not end the build "successfully"
         sys.modules.pop(module_name, None)
-        raise BadInputError(f"{file} raised {type(exc).__name__} on import: {first_line(exc)}") from None
+        raise BadInputError(f"{file} raised {_describe(exc)} on import") from None
     found = getattr(module, function, None)
     if not callable(found):
         raise BadInputError(f"{file}: has no function '{function}'")
-    return found
+    return guarded(spec, found)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit (sys.exit({exc.code!r}))"
+    return f"{type(exc).__name__}: {first_line(exc)}"
+
+
+def user_error(spec: str, exc: BaseException, doing: str = "") -> BadInputError:
+    """A user's callable failed: one line naming it and what it raised (SystemExit included: a
+    CI job must not pass because a factory called sys.exit(0))."""
+    return BadInputError(f"{spec} raised {_describe(exc)}{doing}")
+
+
+def guarded(spec: str, function: Callable[..., Any]) -> Callable[..., Any]:
+    """`function`, with whatever it raises (SystemExit too) turned into a one-line error naming
+    `spec`; errors of ours it raises pass through."""
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except EdgepipeError:
+            raise
+        except (Exception, SystemExit) as exc:
+            raise user_error(spec, exc) from None
+
+    return call

@@ -55,7 +55,7 @@ def torch_runner(module, specs: tuple[TensorSpec, ...], label: str) -> Callable[
         with torch.inference_mode():
             try:
                 value = module(*args)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 raise BadInputError(
                     f"{label}: forward pass failed on inputs "
                     f"{ {s.name: list(s.shape) for s in specs} }: {first_line(exc)}"
@@ -82,7 +82,8 @@ def onnx_outputs(model_path: Path, specs: tuple[TensorSpec, ...], inputs: list[F
 
 def make_reference(source: SourceModel, specs: tuple[TensorSpec, ...], count: int, seed: int,
                    samples: list[Feed] | None = None, samples_origin: str = "") -> Reference:
-    if samples is None:
+    random = samples is None
+    if random:
         examples = None
         if source.example_inputs:
             examples = {k: v.detach().cpu().numpy() for k, v in source.example_inputs.items()}
@@ -94,4 +95,22 @@ def make_reference(source: SourceModel, specs: tuple[TensorSpec, ...], count: in
         outputs = onnx_outputs(source.path, specs, samples)
     else:
         outputs = torch_outputs(source, specs, samples)
+    _check_finite(outputs, origin, random=random)
     return Reference(inputs=samples, outputs=outputs, origin=origin)
+
+
+def _check_finite(outputs: list[Feed], origin: str, random: bool) -> None:
+    """A reference that holds NaN or inf can be matched by nothing (NaN equals nothing, and every
+    parity number turns NaN): refuse it, saying whether the samples or the model are at fault."""
+    for index, sample in enumerate(outputs):
+        for name, value in sample.items():
+            array = np.asarray(value)
+            if array.dtype.kind in "fc" and not np.isfinite(array).all():
+                bad = "NaN" if np.isnan(array).any() else "infinite"
+                if random:
+                    raise BadInputError(
+                        f"the source model's output '{name}' is {bad} on seeded random samples: they are "
+                        "outside the inputs it accepts (e.g. a log or sqrt of negative numbers); give "
+                        "real samples with --calib")
+                raise BadInputError(f"the source model's output '{name}' is {bad} on sample {index} of "
+                                    f"{origin}: the model itself (a NaN weight?) or that sample is broken")

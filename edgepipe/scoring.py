@@ -76,7 +76,7 @@ class Evaluator:
         except Exception as exc:
             raise BadInputError(f"{self.data.origin} raised {type(exc).__name__}: "
                                 f"{first_line(exc)}") from None
-        if not isinstance(value, int | float) or math.isnan(float(value)):
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(float(value)):
             raise BadInputError(f"{self.data.origin} returned {value!r}; expected a number")
         return float(value)
 
@@ -95,15 +95,17 @@ class Evaluator:
         outputs = _outputs_of(run, self.data)
         cosines = [min(cosine(r.ravel(), c.ravel()) for r, c in zip(ref, got, strict=True))
                    for ref, got in zip(self._float_outputs, outputs, strict=True)]
-        ref_all = np.concatenate([r[0].ravel() for r in self._float_outputs]) if outputs else np.zeros(1)
-        got_all = np.concatenate([g[0].ravel() for g in outputs]) if outputs else np.zeros(1)
+        sqnr = None  # no samples, no SQNR (not one computed on placeholder zeros)
+        if outputs:
+            sqnr = _sqnr_db(np.concatenate([r[0].ravel() for r in self._float_outputs]),
+                            np.concatenate([g[0].ravel() for g in outputs]))
         agreement = None
         if outputs and self._float_outputs[0][0].size > 1:
             agreement = float(np.mean([int(np.argmax(r[0]) == np.argmax(g[0]))
                                        for r, g in zip(self._float_outputs, outputs, strict=True)]))
         fidelity = {"mean_cosine": float(np.mean(cosines)) if cosines else None,
                     "min_cosine": float(np.min(cosines)) if cosines else None,
-                    "sqnr_db": _sqnr_db(ref_all, got_all), "top1_agreement": agreement}
+                    "sqnr_db": sqnr, "top1_agreement": agreement}
         scores = self._labelled_scores(outputs, fidelity)
         if self.data.metric is not None:
             scores = Scores(**{**scores.__dict__, "metric": self._call_metric(run)})

@@ -20,7 +20,8 @@ M = TypeVar("M", bound=BaseModel)
 class StrictModel(BaseModel):
     """A settings block: unknown keys are rejected, values are immutable once loaded."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: a budget of `atol = inf` or `nan` would quietly switch its check off.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def describe_validation_error(error: ValidationError, source: str, prefix: str = "") -> str:

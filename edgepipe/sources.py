@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edgepipe.artifact import TensorSpec, layout_guess
-from edgepipe.errors import BadInputError, EdgepipeError, first_line
+from edgepipe.errors import BadInputError, first_line
 from edgepipe.extras import require
 from edgepipe.python_callable import load_python_callable
 from edgepipe.shapes import EXAMPLE, InputOverride
@@ -108,6 +108,36 @@ def _check_readable_file(path: Path) -> None:
 
 def load_source(spec: str, *, trust_pickle: bool = False, weights: Path | None = None) -> SourceModel:
     """Load the model named by `spec`; every failure is one line naming the file."""
+    source = _load_source(spec, trust_pickle, weights)
+    _check_finite_weights(source)
+    return source
+
+
+def _check_finite_weights(source: SourceModel) -> None:
+    """A NaN or infinite weight makes every output NaN and every accuracy check meaningless:
+    refuse it by name, before anything is run."""
+    import numpy as np
+
+    if source.kind == "onnx":
+        from onnx import numpy_helper
+
+        from edgepipe.onnx_model import all_tensors
+
+        for tensor in all_tensors(source.onnx_model.graph):
+            values = numpy_helper.to_array(tensor)
+            if values.dtype.kind in "fc" and not np.isfinite(values).all():
+                raise BadInputError(f"{source.spec}: weight '{tensor.name}' holds NaN or infinite values")
+        return
+    module = source.module.module() if source.kind == "exported_program" else source.module
+    state = getattr(module, "state_dict", None)
+    import torch
+
+    for name, value in (state().items() if callable(state) else ()):
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(value.isfinite().all()):
+            raise BadInputError(f"{source.spec}: weight '{name}' holds NaN or infinite values")
+
+
+def _load_source(spec: str, trust_pickle: bool, weights: Path | None) -> SourceModel:
     file_part, _, function = spec.rpartition(":")
     if file_part.endswith(".py") and function:
         return _load_factory(spec, Path(file_part), function, weights)
@@ -134,9 +164,11 @@ def load_source(spec: str, *, trust_pickle: bool = False, weights: Path | None =
 
 
 def _load_onnx(spec: str, path: Path) -> SourceModel:
-    from edgepipe.onnx_model import check_external_data_paths, load_checked
+    from edgepipe.onnx_model import check_external_data_paths, check_tensor_sizes, load_checked
 
     model = load_checked(path)
+    if model.ByteSize() < 2**31 - 1:  # shape inference needs the model in one protobuf
+        check_tensor_sizes(model, path)
     files = (path, *check_external_data_paths(onnx_header(path), path))
     return SourceModel(spec=spec, kind="onnx", name=path.stem, files=files,
                        sha256=_sha256_of(files), onnx_model=model)
@@ -158,12 +190,7 @@ def _load_factory(spec: str, file: Path, function: str, weights: Path | None) ->
     torch = _torch(f"building {spec}")
     factory = load_python_callable(spec)
     torch.manual_seed(FACTORY_SEED)
-    try:
-        result = factory()
-    except EdgepipeError:
-        raise
-    except Exception as exc:
-        raise BadInputError(f"{spec} raised {type(exc).__name__}: {first_line(exc)}") from None
+    result = factory()  # guarded: what it raises (sys.exit too) is one line naming it
     model, examples = (result if isinstance(result, tuple) and len(result) == 2 else (result, None))
     if not isinstance(model, torch.nn.Module):
         raise BadInputError(

@@ -7,6 +7,7 @@ holds the previous bundle or nothing; never a half-written one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -24,12 +25,39 @@ def build_dir_for(bundle: Path) -> Path:
     return bundle.with_name(bundle.name + ".build")
 
 
+def _is_bundle(path: Path) -> bool:
+    import json
+
+    from edgepipe.runtime.bundle import SCHEMA
+
+    try:
+        return json.loads((path / "manifest.json").read_text(encoding="utf-8")).get("schema") == SCHEMA
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def _is_ours(path: Path) -> bool:
     return (path / "manifest.json").is_file() or (path / BUILD_MARKER).is_file()
 
 
-def check_output(out: Path, force: bool) -> None:
-    """Refuse early what publishing would refuse late: an existing output, an unwritable place."""
+def check_output(out: Path, force: bool, inputs: tuple[Path, ...] = ()) -> None:
+    """Refuse early what publishing would refuse late (an existing output, an unwritable place)
+    and what it must never do: write into another bundle or its build folder, replace the folder
+    a user works in, or replace a folder holding the build's own inputs (the model, its data)."""
+    where = out.absolute()
+    if not out.name or out.name in (".", "..") or where == Path.cwd() or where in Path.cwd().parents:
+        raise BadInputError(f"--out {str(out) or repr('')}: give a new folder for the bundle, not the "
+                            "current folder or one above it")
+    for parent in where.parents:
+        if (parent / BUILD_MARKER).is_file() or _is_bundle(parent):
+            raise BadInputError(f"--out {out}: inside {parent}, which is an edgepipe bundle or build "
+                                "folder; writing there would corrupt it")
+    for source in inputs:
+        held = source.absolute()
+        for folder in (where, build_dir_for(where)):
+            if held == folder or folder in held.parents:
+                raise BadInputError(f"--out {out}: {folder} holds {source}, an input of this build; "
+                                    "replacing it would destroy it")
     for path in (out, build_dir_for(out)):
         if not path.exists() and not path.is_symlink():
             continue
@@ -42,9 +70,9 @@ def check_output(out: Path, force: bool) -> None:
 
 
 @contextmanager
-def staging_area(out: Path, force: bool) -> Iterator[Path]:
+def staging_area(out: Path, force: bool, inputs: tuple[Path, ...] = ()) -> Iterator[Path]:
     """A temporary folder beside `out` (same file system, so the final move is a rename)."""
-    check_output(out, force)
+    check_output(out, force, inputs)
     parent = out.parent
     created = _missing_folders(parent)
     try:
@@ -117,12 +145,24 @@ def _exchange(source: Path, destination: Path) -> bool:
     return renameat2(at_fdcwd, os.fsencode(source), at_fdcwd, os.fsencode(destination), rename_exchange) == 0
 
 
-def publish(staging: Path, out: Path) -> None:
-    """Move the staged bundle and intermediates into place, replacing earlier ones.
+def publish(staging: Path, out: Path, force: bool) -> None:
+    """Move the staged bundle and intermediates into place, replacing earlier ones with `force`.
 
     An existing bundle is swapped with the new one atomically where the OS can (the old
     one lands in the staging folder, which is then removed), else moved aside first.
+    Without `force`, a bundle that appeared while this one was building (another build to
+    the same new --out) wins: the rename refuses a non-empty folder, and this build says so.
     """
+    if not force:
+        try:
+            os.rename(staging / "bundle", out)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
+                raise
+            raise BadInputError(f"{out} appeared while this build ran (another build to the same --out?): "
+                                "pass --force to replace it") from None
+        os.rename(staging / "build", build_dir_for(out))
+        return
     check_output(out, force=True)
     for source, destination in ((staging / "bundle", out), (staging / "build", build_dir_for(out))):
         if destination.exists():

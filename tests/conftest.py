@@ -80,6 +80,13 @@ def run_edgepipe(*args: str, env: dict[str, str] | None = None,
                           cwd=cwd, check=False, timeout=600)
 
 
+def portable_of(bundle: Path) -> Path:
+    """The portable ONNX a bundle was lowered from: in the bundle where the device needs it
+    (TensorRT, --portable), else in the build folder beside it."""
+    shipped = bundle / "model.onnx"
+    return shipped if shipped.is_file() else bundle.with_name(bundle.name + ".build") / "model.onnx"
+
+
 def assert_one_line_error(stderr: str, *fragments: str) -> None:
     lines = [line for line in stderr.strip().splitlines() if line.strip()]
     assert len(lines) == 1, f"expected one line, got:\n{stderr}"
@@ -216,3 +223,46 @@ def sshd(tmp_path_factory):
     yield {"host": f"{getpass.getuser()}@127.0.0.1", "options": options, "folder": folder, "port": port}
     server.terminate()
     server.wait(timeout=10)
+
+
+def _nonstandard_constant(token: str) -> None:
+    raise ValueError(f"non-standard JSON token {token}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Every JSON file the suite's builds, profiles and matrices wrote must parse in a strict parser
+    (no NaN/Infinity tokens, which JavaScript, Go and serde refuse). Files written malformed on
+    purpose carry `.hostile.` in their name; unparseable files are some test's bad input."""
+    import json
+
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    try:
+        base = factory.getbasetemp() if factory is not None else None
+    except (OSError, ValueError):
+        base = None
+    if base is None or not base.is_dir():
+        return
+    offenders, checked = [], 0
+    for path in base.rglob("*.json"):
+        if ".hostile." in path.name or not path.is_file():
+            continue
+        try:
+            text = path.read_text(encoding="utf-8")
+            json.loads(text)  # syntactically broken on purpose: not ours to judge
+        except (OSError, ValueError):
+            continue
+        checked += 1
+        try:
+            json.loads(text, parse_constant=_nonstandard_constant)
+        except ValueError as exc:
+            offenders.append(f"{path}: {exc}")
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if offenders:
+        if reporter is not None:
+            reporter.write_line(f"strict JSON: {len(offenders)} of {checked} JSON files written by the suite "
+                                f"hold NaN/Infinity:", red=True)
+            for line in offenders[:20]:
+                reporter.write_line(f"  {line}", red=True)
+        session.exitstatus = 1
+    elif reporter is not None and checked:
+        reporter.write_line(f"strict JSON: all {checked} JSON files written by the suite parse strictly")

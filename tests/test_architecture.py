@@ -138,7 +138,9 @@ def test_profile_runs_the_installed_runtime_never_the_bundles_copy(cli, tmp_path
 
 def _same_settings(out: Path) -> tuple[dict, dict]:
     """(what the build's parity check ran the deployed artifact with, what run.py runs it with)."""
-    manifest = json.loads((out / "manifest.json").read_text())
+    from edgepipe.manifest import full_manifest
+
+    manifest = full_manifest(out)  # how the build host ran it is in <bundle>.build/build.json
     host = next(s for s in manifest["stages"] if s["stage"] == "lower")["runner"]
     device = run_on_device(out, "--benchmark", "--runs", "2", "--warmup", "0", "--json")
     assert device.returncode == 0, device.stderr

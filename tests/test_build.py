@@ -8,7 +8,7 @@ import numpy as np
 import onnx
 
 from edgepipe.manifest import SCHEMA, verify_bundle
-from tests.conftest import RESNET18
+from tests.conftest import RESNET18, portable_of
 
 
 def test_resnet18_factory_builds_a_verified_bundle(cli, tmp_path):
@@ -17,7 +17,7 @@ def test_resnet18_factory_builds_a_verified_bundle(cli, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert "export" in result.stderr and "lower" in result.stderr  # one line per stage
     assert sorted(p.name for p in out.iterdir()) == [
-        "edgepipe_runtime", "manifest.json", "model.onnx", "model.ort.onnx", "report.md", "run.py"]
+        "edgepipe_runtime", "manifest.json", "model.ort.onnx", "report.md", "run.py"]
     assert (tmp_path / "resnet18-cpu.build" / "00-export.onnx").is_file()
     assert (tmp_path / "resnet18-cpu.build" / "01-fuse.onnx").is_file()
 
@@ -43,7 +43,7 @@ def test_resnet18_factory_builds_a_verified_bundle(cli, tmp_path):
     assert "| export |" in report and "| lower |" in report
 
     # The portable model is standard ONNX; the ORT artifact holds ORT's fused ops.
-    portable = onnx.load(str(out / "model.onnx"))
+    portable = onnx.load(str(portable_of(out)))
     assert {o.domain for o in portable.opset_import} <= {"", "ai.onnx"}
     assert "Identity" not in {n.op_type for n in portable.graph.node}
     optimized = onnx.load(str(out / "model.ort.onnx"))

@@ -42,7 +42,8 @@ def bundles(request, keys, tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp(f"enc-{request.param}")
     runner = CliRunner()
     for name, extra in (("plain", []), ("encrypted", ["--encrypt-key", str(keys["key"])])):
-        result = runner.invoke(app, ["build", DIGITS, "--target", request.param, "--out",
+        # --portable: a second encrypted file to swap in (the portable model.onnx beside the artifact)
+        result = runner.invoke(app, ["build", DIGITS, "--target", request.param, "--portable", "--out",
                                      str(folder / name), *extra])
         assert result.exit_code == 0, result.output
     return {"plain": folder / "plain", "encrypted": folder / "encrypted", "target": request.param}
@@ -54,7 +55,7 @@ def test_model_files_are_encrypted_and_run_from_memory(bundles, keys, tmp_path):
     manifest = json.loads((encrypted / "manifest.json").read_text())
     assert manifest["encryption"]["algorithm"] == "AES-256-GCM"
     assert keys["key"].read_text().strip() not in (encrypted / "manifest.json").read_text()
-    weights = (plain / "model.onnx").read_bytes()
+    weights = max((p for p in plain.glob("model.*")), key=lambda p: p.stat().st_size).read_bytes()
     probe = weights[len(weights) // 2: len(weights) // 2 + 64]
     assert all(probe not in p.read_bytes() for p in encrypted.rglob("*") if p.is_file())
     np.save(tmp_path / "x.npy", np.random.default_rng(0).random((1, 1, 8, 8), np.float32))

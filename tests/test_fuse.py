@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from edgepipe.passes import PASSES
-from tests.conftest import EXAMPLES, MINILM_TINY, assert_one_line_error, import_example
+from tests.conftest import EXAMPLES, MINILM_TINY, assert_one_line_error, import_example, portable_of
 
 
 def _export(model: nn.Module, example: torch.Tensor, path: Path, **kwargs) -> Path:
@@ -54,7 +54,7 @@ def test_batchnorm_is_folded_in_cnns(cli, tmp_path, module, factory):
     source = _export(model, examples["input"], tmp_path / f"{factory}.onnx")
     assert _ops(source)["BatchNormalization"] > 0
     manifest = _build(cli, source, tmp_path / "b")
-    fused = tmp_path / "b" / "model.onnx"
+    fused = portable_of(tmp_path / "b")
     assert "BatchNormalization" not in _ops(fused)
     metrics = _fuse_metrics(manifest)
     assert metrics["nodes_after"] < metrics["nodes_before"]
@@ -81,7 +81,7 @@ def test_unfused_batchnorm_mul_add_is_folded(cli, tmp_path):
     source = _export(ConvThenAffine(), torch.randn(1, 3, 16, 16), tmp_path / "affine.onnx")
     assert {"Mul", "Add"} <= set(_ops(source))
     _build(cli, source, tmp_path / "b")
-    assert _ops(tmp_path / "b" / "model.onnx") == Counter({"Conv": 1, "Relu": 1})
+    assert _ops(portable_of(tmp_path / "b")) == Counter({"Conv": 1, "Relu": 1})
 
 
 class SamePadConv(nn.Module):
@@ -104,13 +104,13 @@ def test_same_padding_shape_subgraph_folds_into_the_conv(cli, tmp_path):
                      dynamic_axes={"input": {0: "n", 2: "h", 3: "w"}})
     assert "Shape" in _ops(source) and "Pad" in _ops(source)
     _build(cli, source, tmp_path / "b", "--input", "input:1x3x33x33")
-    fused = _ops(tmp_path / "b" / "model.onnx")
+    fused = _ops(portable_of(tmp_path / "b"))
     assert fused == Counter({"Conv": 1})  # no Shape, no arithmetic, the Pad inside the Conv
 
 
 def test_written_out_layer_norm_becomes_layer_normalization(cli, tmp_path):
     _build(cli, f"{EXAMPLES / 'transformer.py'}:minilm_tiny_written_out", tmp_path / "b")
-    fused = onnx.load(str(tmp_path / "b" / "model.onnx"))
+    fused = onnx.load(str(portable_of(tmp_path / "b")))
     ops = Counter(node.op_type for node in fused.graph.node)
     assert ops["LayerNormalization"] == 5  # embeddings + 2 per layer
     assert not {"ReduceMean", "Pow", "Sqrt"} & set(ops)
@@ -129,11 +129,11 @@ def test_decomposed_gelu_becomes_gelu_at_opset_20(cli, tmp_path):
     onnx.save(upgraded, str(tmp_path / "enc20.onnx"))
     assert "Erf" in _ops(tmp_path / "enc20.onnx")
     _build(cli, tmp_path / "enc20.onnx", tmp_path / "b")
-    fused = _ops(tmp_path / "b" / "model.onnx")
+    fused = _ops(portable_of(tmp_path / "b"))
     assert fused["Gelu"] == 2 and "Erf" not in fused
     # At opset 17 there is no Gelu op: the erf form is kept, unchanged.
     _build(cli, opset17, tmp_path / "c")
-    assert "Gelu" not in _ops(tmp_path / "c" / "model.onnx")
+    assert "Gelu" not in _ops(portable_of(tmp_path / "c"))
 
 
 class SharedHead(nn.Module):
@@ -161,7 +161,7 @@ def test_duplicate_weights_are_shared(cli, tmp_path):
     onnx.save(model, str(tmp_path / "copies.onnx"))
     assert len(model.graph.initializer) == 4
     _build(cli, tmp_path / "copies.onnx", tmp_path / "b")
-    assert len(onnx.load(str(tmp_path / "b" / "model.onnx")).graph.initializer) == 2
+    assert len(onnx.load(str(portable_of(tmp_path / "b"))).graph.initializer) == 2
 
 
 class BranchBeforeBatchNorm(nn.Module):
@@ -183,7 +183,7 @@ class BranchBeforeBatchNorm(nn.Module):
 def test_batchnorm_with_a_shared_input_is_not_folded(cli, tmp_path):
     source = _export(BranchBeforeBatchNorm(), torch.randn(1, 4, 8, 8), tmp_path / "branch.onnx")
     manifest = _build(cli, source, tmp_path / "b")
-    assert _ops(tmp_path / "b" / "model.onnx")["BatchNormalization"] == 1
+    assert _ops(portable_of(tmp_path / "b"))["BatchNormalization"] == 1
     assert manifest["parity"]["max_tolerance_ratio"] <= 1.0
 
 
@@ -213,7 +213,7 @@ def test_fuse_is_idempotent(cli, tmp_path):
 
     model, examples = import_example("mobilenet_v2").mobilenet_v2()
     _build(cli, _export(model, examples["input"], tmp_path / "m.onnx"), tmp_path / "b")
-    fused = onnx_ir.load(str(tmp_path / "b" / "model.onnx"))
+    fused = onnx_ir.load(str(portable_of(tmp_path / "b")))
     before = onnx_ir.serde.serialize_model(fused).SerializeToString()
     rewrites = {name: graph_pass.apply(fused) for name, graph_pass in PASSES.items()}
     assert rewrites == dict.fromkeys(PASSES, 0)
@@ -236,7 +236,7 @@ def test_a_pass_that_breaks_parity_is_named_and_can_be_skipped(cli, tmp_path, di
     manifest = _build(cli, source, tmp_path / "b", "--skip-pass", "batchnorm", "--skip-pass", "gelu")
     rows = {row["pass"]: row for row in _fuse_metrics(manifest)["passes"]}
     assert rows["batchnorm"]["skipped"] and rows["gelu"]["skipped"]
-    assert _ops(tmp_path / "b" / "model.onnx")["BatchNormalization"] == 3
+    assert _ops(portable_of(tmp_path / "b"))["BatchNormalization"] == 3
     assert "| batchnorm | skipped |" in (tmp_path / "b" / "report.md").read_text()
 
 
@@ -253,7 +253,7 @@ def test_unknown_pass_names_are_refused(cli, tmp_path, digits_onnx):
 
 def test_fused_models_are_standard_onnx(cli, tmp_path):
     _build(cli, MINILM_TINY, tmp_path / "b")
-    domains = {o.domain for o in onnx.load(str(tmp_path / "b" / "model.onnx")).opset_import}
+    domains = {o.domain for o in onnx.load(str(portable_of(tmp_path / "b"))).opset_import}
     assert domains <= {"", "ai.onnx"}
 
 
@@ -270,4 +270,4 @@ class TransposedWeight(nn.Module):
 
 def test_folded_transposes_of_weights_survive_deduplication(cli, tmp_path):
     _build(cli, _export(TransposedWeight(), torch.randn(2, 16), tmp_path / "t.onnx"), tmp_path / "b")
-    assert "Transpose" not in _ops(tmp_path / "b" / "model.onnx")
+    assert "Transpose" not in _ops(portable_of(tmp_path / "b"))

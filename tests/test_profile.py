@@ -34,9 +34,11 @@ def test_profile_writes_raw_samples_and_summary(cli, digits_bundle, tmp_path):
 def test_profile_json_and_default_location(cli, digits_bundle, tmp_path):
     bundle = tmp_path / "digits-cpu"
     shutil.copytree(digits_bundle, bundle)
-    result = cli("profile", bundle, "--runs", "5", "--json")
+    result = cli("profile", bundle, "--runs", "12", "--json")
     assert result.exit_code == 0, result.stderr
-    assert json.loads(result.stdout)["settings"]["runs"] == 5
+    data = json.loads(result.stdout)
+    assert data["settings"]["runs"] == 12 and data["settings"]["rounds"] == 6  # split across processes
+    assert [len(r) for r in data["latency_ms"]["rounds"]] == [2] * 6
     assert (tmp_path / "digits-cpu.profile.json").is_file()
     assert cli("verify", bundle).exit_code == 0  # profiling never writes into the bundle
 
@@ -69,7 +71,7 @@ def test_per_layer_times_from_the_runtime_profiler(cli, tmp_path, target):
         pytest.importorskip("openvino")
     out = tmp_path / "b"
     assert cli("build", DIGITS, "--target", target, "--out", out).exit_code == 0
-    result = cli("profile", out, "--runs", "5", "--warmup", "1", "--layers", "--json")
+    result = cli("profile", out, "--runs", "5", "--warmup", "1", "--layers", "--rounds", "1", "--json")
     assert result.exit_code == 0, result.stderr
     per_layer = json.loads(result.stdout)["per_layer"]
     assert per_layer["runs"] == 5 and per_layer["layers_total"] >= 3

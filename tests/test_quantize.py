@@ -16,14 +16,16 @@ import torch
 from onnx import numpy_helper
 
 from edgepipe.quantization.tensorrt_cache import read_cache, version_code
-from tests.conftest import DIGITS, MINILM_TINY, assert_one_line_error
+from tests.conftest import DIGITS, MINILM_TINY, assert_one_line_error, portable_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def _quantize_metrics(bundle: Path) -> dict:
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    return next(s for s in manifest["stages"] if s["stage"] == "quantize")["metrics"]
+    """The quantize stage's metrics, with what it measured (build.json) put back."""
+    from edgepipe.manifest import full_manifest
+
+    return next(s for s in full_manifest(bundle)["stages"] if s["stage"] == "quantize")["metrics"]
 
 
 def _ops(path: Path) -> Counter[str]:
@@ -45,7 +47,7 @@ def test_digits_int8_within_one_point_of_float(cli, tmp_path, trained_digits):
     assert evaluation["int8"]["mean_cosine"] > 0.999
     assert metrics["activations"] == "uint8" and metrics["scheme"] == "static"
     assert metrics["calibration"]["samples"] == 300 and not metrics["calibration"]["random"]
-    ops = _ops(out / "model.onnx")
+    ops = _ops(portable_of(out))
     assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0
     assert metrics["size_bytes"]["int8"] < 0.6 * metrics["size_bytes"]["float"]
     report = (out / "report.md").read_text()
@@ -197,7 +199,7 @@ def test_tensorrt_calibration_cache_round_trips_to_the_qdq_scales(cli, tmp_path,
     assert result.exit_code == 0, result.stderr
     header, scales = read_cache(out / "calib.cache")
     assert header == "TRT-100300-MinMaxCalibration" and version_code("8.6.1") == 8601
-    model = onnx.load(str(out / "model.onnx"))
+    model = onnx.load(str(portable_of(out)))
     constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     checked = 0
     for node in model.graph.node:
@@ -249,7 +251,7 @@ def test_transformer_uses_its_own_scheme(cli, tmp_path):
     assert result.exit_code == 0, result.stderr
     metrics = _quantize_metrics(out)
     assert metrics["model_type"] == "transformer" and metrics["scheme"] == "dynamic"
-    ops = _ops(out / "model.onnx")
+    ops = _ops(portable_of(out))
     assert ops["MatMulInteger"] > 0 and ops["LayerNormalization"] > 0
     assert ops["QuantizeLinear"] == 0  # LayerNorm, Softmax and GELU stay float
     assert metrics["evaluation"]["int8"]["mean_cosine"] > 0.985
@@ -299,7 +301,7 @@ def test_exclusions_and_first_last_layers_stay_float(cli, tmp_path, trained_digi
     excluded = _quantize_metrics(out)["excluded"]
     assert any("MaxPool" in n for n in excluded)
     assert any("features.0" in n for n in excluded) and any("classifier" in n for n in excluded)
-    model = onnx.load(str(out / "model.onnx"))
+    model = onnx.load(str(portable_of(out)))
     producers = {o: n for n in model.graph.node for o in n.output}
     for node in model.graph.node:
         if node.name in excluded and node.op_type in ("Conv", "Gemm"):

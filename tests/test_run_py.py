@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import portable_of
+
 # Runs run.py with edgepipe, torch and onnx made unimportable, as on a device.
 _DEVICE_LIKE = textwrap.dedent("""
     import runpy, sys
@@ -35,7 +37,7 @@ def bundle_copy(digits_bundle, tmp_path) -> Path:
     return copy
 
 
-def test_runs_inference_on_an_npz_input_without_edgepipe(bundle_copy, tmp_path):
+def test_runs_inference_on_an_npz_input_without_edgepipe(bundle_copy, digits_bundle, tmp_path):
     from edgepipe.backends.onnxruntime import exact_runner
     from edgepipe.onnx_model import graph_inputs
 
@@ -47,7 +49,7 @@ def test_runs_inference_on_an_npz_input_without_edgepipe(bundle_copy, tmp_path):
     got = np.load(tmp_path / "out.npz")["output"]
     import onnx
 
-    portable = bundle_copy / "model.onnx"
+    portable = portable_of(digits_bundle)
     specs = graph_inputs(onnx.load(str(portable)))
     with exact_runner(portable, specs) as runner:
         expected = runner.infer({"input": sample})["output"]

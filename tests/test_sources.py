@@ -8,7 +8,7 @@ import onnx
 import pytest
 import torch
 
-from tests.conftest import DIGITS, EXAMPLES, MINILM_TINY, assert_one_line_error, import_example
+from tests.conftest import DIGITS, EXAMPLES, MINILM_TINY, assert_one_line_error, import_example, portable_of
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,7 @@ def test_state_dict_combines_with_a_factory(cli, digits_model, tmp_path):
     assert alone.exit_code == 2
     assert_one_line_error(alone.stderr, "state dict", "--weights")
     _build_json(cli, DIGITS, "--weights", weights, "--out", tmp_path / "b")
-    exported = onnx.load(str(tmp_path / "b" / "model.onnx"))
+    exported = onnx.load(str(portable_of(tmp_path / "b")))
     bias = next(i for i in exported.graph.initializer if i.name == "classifier.bias")
     expected = model.classifier.bias.detach().numpy()
     assert onnx.numpy_helper.to_array(bias) == pytest.approx(expected)

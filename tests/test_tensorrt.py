@@ -35,7 +35,10 @@ def assert_build_error(stderr: str, *fragments: str) -> None:
 
 
 def manifest_of(bundle: Path) -> dict:
-    return json.loads((bundle / "manifest.json").read_text())
+    """The manifest with what the build measured and observed of its host (build.json) put back."""
+    from edgepipe.manifest import full_manifest
+
+    return full_manifest(bundle)
 
 
 def script_flags(bundle: Path) -> list[str]:

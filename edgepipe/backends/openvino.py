@@ -5,7 +5,7 @@ quantized graph (measured: ResNet-18 on 2 AVX2 threads, 9.65 ms from edgepipe's 
 9.57 ms for `nncf.quantize` by hand vs 20.3 ms f32).
 
 `ov.save_model` compresses weights to fp16 unless told not to, so weights are
-compressed only for an f16 build. The compile config (precision hint always explicit,
+compressed only for f16 and bf16 builds. The compile config (precision hint always explicit,
 since a bf16/AMX CPU runs an "f32" model in bf16 otherwise) is the runtime's
 (`edgepipe.runtime.runners.openvino`), shared with the bundle's run.py.
 """
@@ -46,6 +46,23 @@ def _ov(purpose: str):
     return require("openvino", purpose)
 
 
+def _save_reproducibly(ov, model, out: Path, compress_to_fp16: bool) -> None:
+    """Save the IR with the default names OpenVINO gave unnamed ops (`Constant_36998`) renumbered
+    in graph order: they come from a process-wide counter, so the same model saved after more or
+    fewer other models (NNCF, the build's own checks) would otherwise differ byte for byte."""
+    import re
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir=out.parent) as scratch:
+        first = Path(scratch) / out.name
+        ov.save_model(model, str(first), compress_to_fp16=compress_to_fp16)  # inserts its own Converts
+        saved = ov.Core().read_model(str(first))
+        for index, op in enumerate(saved.get_ordered_ops()):
+            if re.fullmatch(rf"{re.escape(op.get_type_name())}_\d+", op.get_friendly_name()):
+                op.set_friendly_name(f"{op.get_type_name()}_{index}")
+        ov.save_model(saved, str(out), compress_to_fp16=False)  # weights already as asked
+
+
 class OpenVinoBackend:
     name = "openvino"
     extra = "openvino"
@@ -65,7 +82,10 @@ class OpenVinoBackend:
         except Exception as exc:
             raise BackendError(f"OpenVINO could not convert {model.path.name}: {first_line(exc)}") from None
         out = out_dir / ARTIFACT_NAME
-        ov.save_model(converted, str(out), compress_to_fp16=precision == "f16")
+        # f16 and bf16 builds keep their weights as f16 (half the IR; OpenVINO decompresses them at
+        # load, and a bf16 model loses no more to f16 weights than to its own bf16 arithmetic, which
+        # the parity check measures); f32 keeps f32 weights.
+        _save_reproducibly(ov, converted, out, compress_to_fp16=precision in ("f16", "bf16"))
         warnings = []
         compiled = compile_model(out, runtime.model_dump(mode="json"), precision, name=out.name)
         facts = ran_with(compiled)

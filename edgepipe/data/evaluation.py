@@ -8,7 +8,7 @@ better). Without `--eval`, calibration samples stand in, for fidelity only.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,12 +59,26 @@ def calibration_eval(samples: Iterator[Feed], origin: str) -> EvalData:
 
 
 def eval_data_for(eval_spec: str | None, calibration: SampleSource | None, specs: tuple[TensorSpec, ...], *,
-                  limit: int, preprocess: ImagePreprocessing | None, seed: int) -> EvalData | None:
+                  limit: int, preprocess: ImagePreprocessing | None, seed: int,
+                  fallback: Sequence[Feed] = (), fallback_origin: str = "") -> EvalData | None:
     """`--eval` data where given, else up to `limit` calibration samples (64 if they are random,
-    which only measure fidelity), else None."""
+    which only measure fidelity), else `fallback` samples (e.g. the parity samples), else None.
+
+    A user metric (`--eval file.py:fn`) sees no inputs of ours, so the fidelity checks (cosine,
+    SQNR, top-1 agreement, and with them `min_cosine`) run on those same samples beside it."""
+    data = None
     if eval_spec is not None:
-        return open_eval(eval_spec, specs, limit=limit, preprocess=preprocess, seed=seed)
-    if calibration is None:
-        return None
-    samples = list(calibration.samples(min(limit, 64) if calibration.is_random else limit))
-    return calibration_eval(iter(samples), f"{calibration.describe(len(samples))} (calibration data)")
+        data = open_eval(eval_spec, specs, limit=limit, preprocess=preprocess, seed=seed)
+        if data.samples:
+            return data
+    if calibration is not None:
+        samples = list(calibration.samples(min(limit, 64) if calibration.is_random else limit))
+        origin = f"{calibration.describe(len(samples))} (calibration data)"
+    elif fallback:
+        samples, origin = list(fallback), fallback_origin
+    else:
+        return data
+    if data is not None:  # a metric: fidelity on the samples, the metric on the user's own data
+        return EvalData(origin=f"{data.origin}; fidelity on {origin}",
+                        samples=[LabelledSample(feed, None) for feed in samples], metric=data.metric)
+    return calibration_eval(iter(samples), origin)

@@ -30,8 +30,8 @@ import numpy as np
 
 from edgepipe.artifact import TensorSpec
 from edgepipe.data.preprocessing import ImagePreprocessing, ResolvedPreprocessing, image_files, resolve
-from edgepipe.errors import BadInputError, first_line
-from edgepipe.python_callable import load_python_callable, split_spec
+from edgepipe.errors import BadInputError, EdgepipeError, first_line
+from edgepipe.python_callable import load_python_callable, split_spec, user_error
 from edgepipe.settings import read_toml, validate_as
 
 Feed = dict[str, np.ndarray]
@@ -84,6 +84,8 @@ class SampleSource:
 def _array_files(path: Path, flag: str) -> list[Path]:
     if path.is_file():
         return [path]
+    if not path.is_dir():
+        raise BadInputError(f"{flag} {path}: neither a file nor a folder (a device or a pipe?)")
     files = sorted(p for p in path.rglob("*") if p.suffix in (".npy", ".npz") and p.is_file())
     if not files:
         raise BadInputError(f"{flag} {path}: the folder holds no .npy, .npz or image files")
@@ -100,15 +102,25 @@ def _arrays_of(path: Path, specs: tuple[TensorSpec, ...]) -> dict[str, np.ndarra
                 )
             return {specs[0].name: np.load(path, allow_pickle=False)}
         if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
+            archive = np.load(path, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                raise BadInputError(f"{path}: holds a single .npy array, not an .npz of named arrays")
+            with archive:
                 arrays = {name: archive[name] for name in archive.files}
+            junk = next((name for name, value in arrays.items() if not isinstance(value, np.ndarray)), None)
+            if junk is not None:  # numpy hands back the raw bytes of a member that is not .npy
+                raise BadInputError(f"{path}: member '{junk}' is not a .npy array")
             missing = [s.name for s in specs if s.name not in arrays]
             if missing:
                 raise BadInputError(f"{path}: no array named '{missing[0]}' "
                                     f"(found: {', '.join(arrays) or 'none'})")
             return {name: arrays[name] for name in [*(s.name for s in specs), LABELS] if name in arrays}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise BadInputError(f"{path}: unreadable sample file ({first_line(exc)})") from None
+    except BadInputError:
+        raise
+    except (ValueError, OSError, EOFError, KeyError, TypeError, zipfile.BadZipFile, NotImplementedError,
+            RuntimeError) as exc:  # a member that is no .npy, an unsupported compression, ...
+        raise BadInputError(f"{path}: unreadable sample file ({type(exc).__name__}: "
+                            f"{first_line(exc)})") from None
     raise BadInputError(f"{path}: sample files must be .npy or .npz")
 
 
@@ -203,22 +215,22 @@ def image_classes(folder: Path) -> list[str] | None:
 
 
 def _callable_samples(spec: str, specs: tuple[TensorSpec, ...]) -> Iterator[LabelledSample]:
-    function = load_python_callable(spec)
+    produced = load_python_callable(spec)()  # what it raises is named, SystemExit included
     try:
-        produced = function()
         iterator = iter(produced)
     except TypeError:
-        raise BadInputError(f"{spec}: must return or yield dicts of {{input name: array}}") from None
+        raise BadInputError(f"{spec}: must return or yield dicts of {{input name: array}} (it returned "
+                            f"a {type(produced).__name__})") from None
     index = 0
     while True:
         try:
             item = next(iterator)
         except StopIteration:
             return
-        except BadInputError:
+        except EdgepipeError:
             raise
-        except Exception as exc:
-            raise BadInputError(f"{spec}: failed after {index} samples: {first_line(exc)}") from None
+        except (Exception, SystemExit) as exc:
+            raise user_error(spec, exc, f" after {index} samples") from None
         if not isinstance(item, dict):
             raise BadInputError(f"{spec}: sample {index} is a {type(item).__name__}, not a dict")
         missing = [s.name for s in specs if s.name not in item]

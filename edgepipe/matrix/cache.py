@@ -6,7 +6,9 @@ profile, the calibration / evaluation / fine-tuning data, the `--input` specs, a
 installed versions plus a hash of edgepipe's own source, so an edited checkout never serves
 a bundle an older edgepipe built. Writes are atomic: a worker builds in a private folder and
 renames it into place; when two workers build one key, the first rename wins and the other
-discards its copy, so a reader never sees a half-written bundle.
+discards its copy, so a reader never sees a half-written bundle. The cache may sit on a shared
+mount, so a hit is verified against its manifest before it is reused; an entry that fails is
+evicted and rebuilt, never shipped.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import edgepipe
+from edgepipe.runtime import strict_json
 
 _TOOL_DISTRIBUTIONS = ("numpy", "onnx", "onnx-ir", "onnxscript", "onnxruntime", "torch", "openvino", "nncf",
                        "torch-pruning", "tensorrt")
@@ -110,6 +113,31 @@ class BuildCache:
         entry = self.entry(key)
         return entry / "bundle" if (entry / "record.json").is_file() else None
 
+    def check(self, key: str) -> tuple[Path | None, str | None]:
+        """(the cached bundle if it is complete and every file matches its manifest, why an entry
+        that was there did not). A failing entry is moved aside and deleted, so it is rebuilt."""
+        from edgepipe.errors import EdgepipeError
+        from edgepipe.manifest import verify_bundle
+
+        found = self.lookup(key)
+        if found is None:
+            return None, None
+        try:
+            problems = verify_bundle(found)
+        except EdgepipeError as exc:
+            problems = [str(exc)]
+        if not problems:
+            return found, None
+        entry = self.entry(key)
+        doomed = self.root / "tmp" / f"evicted-{key[:16]}-{uuid.uuid4().hex[:8]}"
+        doomed.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(entry, doomed)  # atomic: no reader sees a half-deleted entry
+        except FileNotFoundError:  # another worker evicted it first
+            return None, f"cached bundle failed verification ({problems[0]}); rebuilt"
+        shutil.rmtree(doomed, ignore_errors=True)
+        return None, f"cached bundle failed verification ({problems[0]}); rebuilt"
+
     def workspace(self, key: str) -> Path:
         """A private folder to build in, on the cache's file system so publishing is a rename."""
         folder = self.root / "tmp" / f"{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -119,7 +147,7 @@ class BuildCache:
     def publish(self, key: str, workspace: Path, record: dict[str, Any]) -> tuple[Path, bool]:
         """Move a finished build into place; (bundle, True) if this call placed it, (bundle, False)
         if another worker had already published the same key (ours is discarded)."""
-        (workspace / "record.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        (workspace / "record.json").write_text(strict_json.dumps(record, indent=2) + "\n", encoding="utf-8")
         entry = self.entry(key)
         entry.parent.mkdir(parents=True, exist_ok=True)
         try:

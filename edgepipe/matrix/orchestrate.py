@@ -100,10 +100,13 @@ def run_matrix(matrix: Matrix, *, out: Path, address: str | None = None, jobs: i
             on_cell(row)
             continue
         row["key"], row["target_resolved"] = job["key"], job["target_resolved"]
-        if cache.lookup(job["key"]) is not None:
-            row.update(build_cell(job))  # a lookup and a manifest read: no worker needed
+        found, problem = cache.check(job["key"])
+        if found is not None:
+            row.update(build_cell(job))  # a verified hit and a manifest read: no worker needed
             on_cell(row)
         else:
+            if problem:
+                row["cache_problem"] = problem  # the worker finds the entry gone and rebuilds it
             to_build.append((len(cells) - 1, job))
     ray_info: dict[str, Any] | None = None
     profiling = bool(matrix.devices) and (bool(to_build) or any(r.get("status") == "cached" for r in cells))
@@ -157,7 +160,7 @@ def _profile_on_fleet(matrix: Matrix, cells: list[dict[str, Any]], out: Path) ->
             if device.name not in workers:
                 actor = ray.remote(num_cpus=0, max_concurrency=device.max_jobs)(DeviceWorker)
                 workers[device.name] = actor.remote(device.model_dump(), settings.runs, settings.warmup,
-                                                    settings.retries)
+                                                    settings.retries, settings.rounds)
             name = f"{row['model']}-{row['target']}-{row['profile']}@{device.name}.json"
             profile_path = out / "profiles" / name
             ref = workers[device.name].profile.remote(row["bundle"], str(profile_path))

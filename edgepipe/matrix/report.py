@@ -16,6 +16,7 @@ def summary(cells: list[dict[str, Any]], devices: list[dict[str, Any]]) -> dict[
             "built": sum(c.get("status") == "built" for c in cells),
             "cached": sum(c.get("status") == "cached" for c in cells),
             "failed": len(codes),
+            "rebuilt_corrupt": sum(bool(c.get("cache_problem")) for c in cells),
             "profiled": sum(p["status"] == "profiled" for p in profiled),
             "profile_failed": sum(p["status"] == "failed" for p in profiled),
             "unreachable_devices": sorted(d["name"] for d in devices if d["status"] == "unreachable"),
@@ -33,7 +34,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines = [f"# Matrix {Path(result['matrix']).name}", "",
              f"{s['cells']} cells: {s['built']} built, {s['cached']} from the cache, {s['failed']} failed; "
              f"{s['profiled']} profiled on devices" + (f"; unreachable: {', '.join(s['unreachable_devices'])}"
-                                                     if s["unreachable_devices"] else "") +
+                                                     if s["unreachable_devices"] else "")
+             + (f"; {s['rebuilt_corrupt']} rebuilt after their cache entry failed verification"
+                if s.get("rebuilt_corrupt") else "") +
              f". {result['seconds']:.1f} s.", "",
              "| model | target | profile | status | size | top-1 int8 | cosine | "
              + " | ".join(f"{d} p50" for d in devices) + (" |" if devices else "|"),
@@ -109,8 +112,9 @@ def compare(baseline: dict[str, Any], new: dict[str, Any], *, metric: str, max_s
                 rows.append({"cell": ident, "check": f"latency@{device}",
                              "verdict": "missing" if entry.get("status") != "profiled" else "new"})
                 continue
-            decision = decide(before["samples"], entry["samples"], metric=metric, max_slowdown=max_slowdown,
-                              alpha=alpha)
+            decision = decide(before.get("rounds") or before["samples"],
+                              entry.get("rounds") or entry["samples"], metric=metric,
+                              max_slowdown=max_slowdown, alpha=alpha)
             rows.append({"cell": ident, "check": f"latency@{device}", "baseline": decision.baseline,
                          "new": decision.new, "ratio": decision.ratio, "verdict": decision.verdict})
     regressions = [r for r in rows if r["verdict"] == "regression"]

@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from edgepipe.errors import BadInputError
+from edgepipe.profiler.rounds import DEFAULT_ROUNDS
 from edgepipe.settings import StrictModel, describe_validation_error, read_toml
 
 
@@ -34,8 +35,9 @@ class Exclusion(StrictModel):
 
 
 class ProfilingSettings(StrictModel):
-    runs: int = Field(50, ge=5)
+    runs: int = Field(50, ge=5, description="per cell and board, split across the rounds")
     warmup: int = Field(10, ge=0)
+    rounds: int = Field(DEFAULT_ROUNDS, ge=1, description="fresh processes per cell and board")
     retries: int = Field(2, ge=0, description="extra tries of a device that drops off")
 
 

@@ -39,10 +39,11 @@ def build_cell(job: dict[str, Any]) -> dict[str, Any]:
     cache = BuildCache(Path(job["cache"]))
     key = job["key"]
     started = time.perf_counter()
-    found = cache.lookup(key)
+    found, problem = cache.check(key)
     if found is not None:
         return {"status": "cached", "cache_hit": True, "bundle": str(found), "seconds": 0.0,
                 **_summary(found)}
+    noted = {"cache_problem": problem} if problem else {}
     workspace = cache.workspace(key)
     out = workspace / "bundle"
     try:
@@ -52,18 +53,18 @@ def build_cell(job: dict[str, Any]) -> dict[str, Any]:
     except EdgepipeError as exc:
         shutil.rmtree(workspace, ignore_errors=True)
         return {"status": "failed", "cache_hit": False, "exit_code": exc.exit_code, "error": str(exc),
-                "seconds": round(time.perf_counter() - started, 3)}
+                "seconds": round(time.perf_counter() - started, 3), **noted}
     except Exception as exc:  # a bug in one cell must not take the matrix down
         shutil.rmtree(workspace, ignore_errors=True)
         return {"status": "failed", "cache_hit": False, "exit_code": 3,
                 "error": f"internal error: {type(exc).__name__}: {exc}",
-                "seconds": round(time.perf_counter() - started, 3)}
+                "seconds": round(time.perf_counter() - started, 3), **noted}
     shutil.rmtree(workspace / "bundle.build", ignore_errors=True)  # intermediates: not worth caching
     seconds = round(time.perf_counter() - started, 3)
     bundle, placed = cache.publish(key, workspace, {"key": key, "inputs": job["key_parts"],
                                                     "build_seconds": seconds})
     return {"status": "built" if placed else "cached", "cache_hit": not placed, "bundle": str(bundle),
-            "seconds": seconds, **_summary(bundle)}
+            "seconds": seconds, **noted, **_summary(bundle)}
 
 
 class DeviceWorker:
@@ -71,8 +72,9 @@ class DeviceWorker:
     max_jobs, 1 by default), so a board never runs two benchmarks at once; a board that
     stops answering is retried, then marked unreachable and skipped from then on."""
 
-    def __init__(self, device: dict[str, Any], runs: int, warmup: int, retries: int) -> None:
+    def __init__(self, device: dict[str, Any], runs: int, warmup: int, retries: int, rounds: int = 1) -> None:
         self.device, self.runs, self.warmup, self.retries = device, runs, warmup, retries
+        self.rounds = rounds
         self.unreachable: str | None = None
 
     def profile(self, bundle: str, out: str) -> dict[str, Any]:
@@ -82,15 +84,13 @@ class DeviceWorker:
         if self.unreachable is not None:
             return {"status": "unreachable", "reason": self.unreachable, "attempts": 0}
         device = self.device
-        remote = RemoteHost(device["host"], device["port"],
-                            Path(device["identity"]).expanduser() if device["identity"] else None,
-                            device["python"], tuple(device["ssh_options"]))
+        remote = RemoteHost.of_device(device)
         reason = ""
         for attempt in range(1, self.retries + 2):
             started = time.time()
             try:
                 _, data = api.profile(Path(bundle), runs=self.runs, warmup=self.warmup, out=Path(out),
-                                      remote=remote, energy=device["energy"])
+                                      remote=remote, energy=device["energy"], rounds=self.rounds)
             except EdgepipeError as exc:
                 reason = str(exc)
                 if not (isinstance(exc, BackendError) or reason.startswith("cannot reach")):
@@ -102,7 +102,7 @@ class DeviceWorker:
             energy = data.get("energy") or {}
             return {"status": "profiled", "attempts": attempt, "profile": out,
                     "p50_ms": latency["summary"]["p50"], "p90_ms": latency["summary"]["p90"],
-                    "samples": latency["samples"],
+                    "samples": latency["samples"], "rounds": latency["rounds"],
                     "energy_j": energy.get("joules_per_inference"), "started": started,
                     "finished": time.time()}
         self.unreachable = reason

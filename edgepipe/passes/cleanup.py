@@ -46,8 +46,9 @@ class CleanupPass:
     summary = "drop Identity, Dropout and exact no-op arithmetic, Cast, Transpose, Reshape, Expand"
 
     def apply(self, model: ir.Model) -> int:
-        from onnx_ir.passes.common import IdentityEliminationPass
         from onnxscript.rewriter.rules import common as rules
+
+        from edgepipe.onnx_model import eliminate_identities
 
         rewrites = apply_rules_until_stable(model, [
             *_exact_no_op_rules(), rules.dropout_inference_rule, rules.dropout_zero_rule,
@@ -56,5 +57,5 @@ class CleanupPass:
             rules.unsqueeze_unsqueeze_rule,
         ])
         before = sum(1 for _ in model.graph)
-        IdentityEliminationPass()(model)  # last: the rules above rewrite no-ops to Identity
+        eliminate_identities(model)  # last: the rules above rewrite no-ops to Identity
         return rewrites + before - sum(1 for _ in model.graph)

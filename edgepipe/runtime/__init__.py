@@ -2,7 +2,7 @@
 
 Standard library, numpy and the backend's own runtime only (imported when used), with
 relative imports inside the package, because this folder ships in every bundle as
-`edgepipe_runtime/` beside a three-line `run.py`, where edgepipe is not installed. The
+`edgepipe_runtime/` beside a small launcher `run.py`, where edgepipe is not installed. The
 host uses this same installed package (never a bundle's copy) for parity checks,
 `--profile auto` timing, `edgepipe profile` and `edgepipe verify`, so what the build
 checks is what the device runs.

@@ -46,7 +46,24 @@ def load_manifest(bundle: Path) -> dict[str, Any]:
     if not isinstance(backend, dict) or not isinstance(backend.get("name"), str) \
             or not isinstance(backend.get("artifact"), str):
         raise BadInputError(f"{path}: key 'backend' must name the backend and its artifact")
+    engine = backend.get("engine", {})
+    if not isinstance(engine, dict) or not _strings(engine.get("device_files", [])):
+        raise BadInputError(f"{path}: key 'backend.engine' must be a table with a list of device_files")
+    encryption = manifest.get("encryption", {})
+    if not isinstance(encryption, dict) or not _strings(encryption.get("files", [])) \
+            or (encryption and not isinstance(encryption.get("key_id"), str)):
+        raise BadInputError(f"{path}: key 'encryption' must list the encrypted files and the key id")
+    for key in ("inputs", "outputs"):
+        specs = manifest.get(key)
+        if not isinstance(specs, list) or not all(
+                isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("dtype"), str)
+                and isinstance(s.get("shape"), list) for s in specs):
+            raise BadInputError(f"{path}: key '{key}' must be a list of {{name, shape, dtype}} entries")
     return manifest
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
 
 
 def inside(bundle: Path, name: str) -> Path:
@@ -54,11 +71,12 @@ def inside(bundle: Path, name: str) -> Path:
 
     edgepipe never writes other paths, so anything else is a tampered or hostile manifest.
     """
-    pure = PurePosixPath(name)
-    if not name or pure.is_absolute() or "\\" in name or ".." in pure.parts or name.startswith("~"):
+    parts = name.split("/") if isinstance(name, str) else [""]
+    if (any(part in ("", ".", "..") for part in parts) or "\\" in name or name.startswith("~")
+            or ":" in parts[0]):
         raise BadInputError(f"{MANIFEST_NAME}: path '{name}' is not a plain relative path inside the "
                             "bundle")
-    path = bundle / pure
+    path = bundle / PurePosixPath(name)
     root = bundle.resolve()
     try:
         path.resolve().relative_to(root)
@@ -100,7 +118,7 @@ def verify_files(bundle: Path, manifest: dict[str, Any]) -> list[str]:
     the manifest says the device itself writes: a TensorRT engine built there, its record)."""
     problems = []
     device_files = manifest["backend"].get("engine", {}).get("device_files", [])
-    listed = {name for name in device_files if isinstance(name, str)}
+    listed = set(device_files)
     for entry in manifest["files"]:
         listed.add(entry["path"])
         problem = _entry_problem(bundle, entry)

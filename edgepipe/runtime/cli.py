@@ -14,14 +14,14 @@ Needs only numpy and the backend's runtime (e.g. `pip install numpy onnxruntime`
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
+from . import strict_json
 from .benchmark import BenchmarkOptions, benchmark
 from .bundle import load_manifest, verify_files
 from .errors import BadInputError, EdgepipeError, first_line
@@ -32,6 +32,9 @@ from .runners.tensorrt import build, engine_problems, write_record
 from .signature import check_signature, read_public_key
 
 PUBKEY_ENV = "EDGEPIPE_PUBKEY"  # a public key file: verify the bundle before every run
+# More threads than any board has cores: a typo (--threads 3000) rather than a setting. Not tied
+# to this machine's cores, since a profile may ask for a device's count on a smaller host.
+MAX_THREADS = 256
 
 
 def verify(bundle: Path, manifest: dict[str, Any]) -> list[str]:
@@ -57,7 +60,11 @@ def run_once(bundle: Path, manifest: dict[str, Any], feed: dict[str, np.ndarray]
             print(f"warning: {warning}", file=sys.stderr)
         outputs = runner.infer(feed)
     if output is not None:
-        if output.suffix != ".npz" or output.is_dir():
+        if output.is_dir():
+            raise BadInputError(f"--output {output}: a folder; give a file name ending in .npz")
+        if output.suffix == "":
+            output = output.with_suffix(".npz")
+        if output.suffix != ".npz":
             raise BadInputError(f"--output {output}: give a file name ending in .npz")
         try:
             with output.open("wb") as handle:
@@ -68,8 +75,15 @@ def run_once(bundle: Path, manifest: dict[str, Any], feed: dict[str, np.ndarray]
                    "first_values": v.ravel()[:5].tolist()} for name, v in outputs.items()}
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line and exit 2, like every other error of run.py (`--help` for usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (python3 run.py --help)\n")
+
+
 def parse_args(argv: list[str], default_bundle: Path | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = _Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, default=default_bundle, required=default_bundle is None,
                         help="bundle folder (default: the folder of run.py)")
     parser.add_argument("--verify", action="store_true", help="check files against the manifest")
@@ -108,9 +122,9 @@ def parse_args(argv: list[str], default_bundle: Path | None) -> argparse.Namespa
                         help="with --benchmark: also time each layer (a separate profiled pass)")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     args = parser.parse_args(argv)
-    cpus = os.cpu_count() or 1
-    if args.runs < 1 or args.warmup < 0 or (args.threads is not None and not 0 <= args.threads <= 4 * cpus):
-        parser.error(f"--runs must be >= 1, --warmup >= 0 and --threads between 0 and {4 * cpus}")
+    threads_ok = args.threads is None or 0 <= args.threads <= MAX_THREADS
+    if args.runs < 1 or args.warmup < 0 or not threads_ok:
+        parser.error(f"--runs must be >= 1, --warmup >= 0 and --threads between 0 and {MAX_THREADS}")
     if args.min_duration < 0:
         parser.error("--min-duration must be >= 0")
     return args
@@ -118,7 +132,7 @@ def parse_args(argv: list[str], default_bundle: Path | None) -> argparse.Namespa
 
 def _print_result(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        print(json.dumps(result))
+        print(strict_json.dumps(result))
     elif "latencies_ms" in result:
         ordered = sorted(result["latencies_ms"])
         print(f"{result['model']} on {result['runtime']['name']} {result['runtime']['version']}: "
@@ -142,7 +156,9 @@ def _main(args: argparse.Namespace) -> int:
     key = None if key_text is None else parse_model_key(
         str(key_text), "--key-file" if args.key_file else f"${KEY_ENV}")
     if args.verify or args.pubkey:
-        problems = verify(args.bundle, manifest)
+        # --record-engine is about to replace the engine's record: judge the files, not the old record.
+        problems = (verify_files(args.bundle, manifest) if args.record_engine and not args.verify
+                    else verify(args.bundle, manifest))
         for problem in problems:
             print(f"verify: {problem}", file=sys.stderr)
         if problems:
@@ -158,7 +174,7 @@ def _main(args: argparse.Namespace) -> int:
         plan = manifest["backend"].get("engine")
         if not plan:
             raise BadInputError("--record-engine: not a TensorRT bundle")
-        print(json.dumps(write_record(args.bundle, plan)))
+        print(strict_json.dumps(write_record(args.bundle, plan)))
     if (args.build_engine or args.record_engine) and not (args.input or args.benchmark or args.output):
         return 0
     specs = manifest["inputs"]

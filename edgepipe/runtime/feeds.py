@@ -79,6 +79,9 @@ def read_arrays(path: Path, specs: Sequence[Spec]) -> dict[str, np.ndarray]:
                 raise BadInputError(f"{path}: a single array, not an .npz archive of named arrays")
             with archive:
                 arrays = {name: archive[name] for name in archive.files}
+            junk = next((name for name, value in arrays.items() if not isinstance(value, np.ndarray)), None)
+            if junk is not None:  # numpy hands back the raw bytes of a member that is not .npy
+                raise BadInputError(f"{path}: member '{junk}' is not a .npy array")
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise BadInputError(f"{path}: unreadable ({first_line(exc)})") from None
     feed = {}

@@ -60,7 +60,10 @@ def model_bytes(bundle: Path, manifest: dict[str, Any], name: str, key: bytes | 
     except ImportError:
         raise BackendError("encrypted bundles need the cryptography package: pip install cryptography") \
             from None
-    blob = inside(bundle, name + ENCRYPTED_SUFFIX).read_bytes()
+    try:
+        blob = inside(bundle, name + ENCRYPTED_SUFFIX).read_bytes()
+    except OSError as exc:
+        raise BadInputError(f"{name}{ENCRYPTED_SUFFIX}: cannot read ({exc.strerror})") from None
     try:
         return AESGCM(key).decrypt(blob[:12], blob[12:], name.encode())
     except InvalidTag:

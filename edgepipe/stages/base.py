@@ -35,6 +35,7 @@ class BuildContext:
     # --input NAME:MIN/OPT/MAX: optimization-profile ranges for backends that build for a range
     shape_ranges: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = field(
         default_factory=dict)
+    notices: tuple[str, ...] = ()  # about the build as a whole; reported with the first stage
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,7 @@ class FuseStage:
                 except BackendError as exc:
                     raise BackendError(f"fuse pass '{name}' produced a model onnxruntime cannot "
                                        f"run: {exc}") from None
-                parity = compare_outputs(baseline, outputs, budget.atol or 0.0, budget.rtol or 0.0)
+                parity = compare_outputs(baseline, outputs, budget.atol, budget.rtol)
                 checks.append(ParityCheck(f"fuse pass '{name}'", parity,
                                           f"skip it with --skip-pass {name} or [fuse] skip = [\"{name}\"]"))
             rows.append({

@@ -10,6 +10,7 @@ budget fails the build or backs the ratio off.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -22,7 +23,7 @@ from pydantic import Field
 from edgepipe.artifact import Artifact
 from edgepipe.budget import allowed_drop
 from edgepipe.config import AccuracyBudget
-from edgepipe.data.evaluation import EvalData, calibration_eval, eval_data_for
+from edgepipe.data.evaluation import EvalData, eval_data_for
 from edgepipe.data.preprocessing import ImagePreprocessing
 from edgepipe.data.samples import RANDOM, LabelledSample, SampleSource, open_samples
 from edgepipe.errors import BadInputError
@@ -155,7 +156,14 @@ class PruneStage:
         attempts = (self._structured(settings, ctx, work, evaluator, feed, metrics, warnings)
                     if settings.method == "structured"
                     else self._sparse(model, settings, ctx, work, evaluator, feed, metrics, warnings))
-        for tried, (final, judgement) in enumerate(attempts):
+        with contextlib.closing(attempts):
+            yield from self._outcomes(attempts, model, steps, metrics, warnings, settings, started)
+
+    @staticmethod
+    def _outcomes(attempts: Iterator[tuple[_Step, Judgement, list[str]]], model: Artifact, steps: list[_Step],
+                  metrics: dict[str, Any], warnings: list[str], settings: PruneSettings,
+                  started: float) -> Iterator[StageOutcome]:
+        for tried, (final, judgement, notes) in enumerate(attempts):
             before = steps[0]
             shown = [*steps, *metrics.pop("attempt_steps")]
             metrics.update({
@@ -173,7 +181,7 @@ class PruneStage:
             })
             artifact = Artifact(final.path, "onnx", model.inputs, model.outputs)
             shipped = {key: value for key, value in metrics.items() if key != "tried"}
-            yield StageOutcome(artifact, metrics=shipped, warnings=list(warnings), judgement=judgement)
+            yield StageOutcome(artifact, metrics=shipped, warnings=[*warnings, *notes], judgement=judgement)
 
     def _judgement(self, evaluator: Evaluator, step: _Step, settings: PruneSettings, label: str,
                    context: str, remedy: str, subject: str = "pruning") -> Judgement:
@@ -184,7 +192,7 @@ class PruneStage:
 
     def _structured(self, settings: PruneSettings, ctx: BuildContext, work: Path, evaluator: Evaluator,
                     feed: dict, metrics: dict[str, Any], warnings: list[str],
-                    ) -> Iterator[tuple[_Step, Judgement]]:
+                    ) -> Iterator[tuple[_Step, Judgement, list[str]]]:
         import torch
 
         from edgepipe.stages.export import export_module
@@ -243,7 +251,7 @@ class PruneStage:
                 context = f" even after backing off {attempt - 1} times" if attempt > 1 else ""
                 remedy = "fine-tune longer ([prune.finetune] epochs) or relax [prune.budget]"
             yield step, self._judgement(evaluator, step, settings, f"ratio {current.ratio:.4g}",
-                                        f"{context} (ratio {current.ratio:.2f})", remedy)
+                                        f"{context} (ratio {current.ratio:.2f})", remedy), []
             if settings.budget.on_exceed == "fail" or next_scale <= 1e-6:
                 return
             scale = next_scale
@@ -252,7 +260,7 @@ class PruneStage:
 
     def _sparse(self, model: Artifact, settings: PruneSettings, ctx: BuildContext, work: Path,
                 evaluator: Evaluator, feed: dict, metrics: dict[str, Any],
-                warnings: list[str]) -> Iterator[tuple[_Step, Judgement]]:
+                warnings: list[str]) -> Iterator[tuple[_Step, Judgement, list[str]]]:
         pattern = "2:4" if settings.method == "2:4" else "unstructured"
         sparsity = 0.5 if pattern == "2:4" else settings.ratio
         metrics["tried"] = []
@@ -276,12 +284,12 @@ class PruneStage:
                 + ("; TensorRT on Ampere/Orin runs 2:4 weights on sparse tensor cores (--sparsity=enable)"
                    if pattern == "2:4" else ""),
             })
-            if dense and not any(w.startswith(f"{len(dense)} layers kept dense") for w in warnings):
-                warnings.append(f"{len(dense)} layers kept dense: {dense[0].note}")
+            notes = [f"{len(dense)} layers kept dense: {dense[0].note}"] if dense else []
             last = (settings.budget.on_exceed == "fail" or pattern == "2:4"
                     or sparsity - settings.budget.backoff_step <= 1e-6)
-            yield step, self._judgement(evaluator, step, settings, f"sparsity {sparsity:.4g}",
+            judgement = self._judgement(evaluator, step, settings, f"sparsity {sparsity:.4g}",
                                         f" (sparsity {sparsity:.2f})", "", subject=f"{pattern} sparsity")
+            yield step, judgement, notes
             if last:
                 return
             sparsity -= settings.budget.backoff_step
@@ -312,6 +320,8 @@ class PruneStage:
             calibration = open_samples(ctx.calib, ctx.inputs, preprocess=settings.preprocess,
                                        seed=settings.seed)
         data = eval_data_for(ctx.eval, calibration, ctx.inputs, limit=settings.eval_count,
-                             preprocess=settings.preprocess, seed=settings.seed)
-        return data or calibration_eval(iter(ctx.reference.inputs),
-                                        f"{ctx.reference.origin} (parity samples)")
+                             preprocess=settings.preprocess, seed=settings.seed,
+                             fallback=ctx.reference.inputs,
+                             fallback_origin=f"{ctx.reference.origin} (parity samples)")
+        assert data is not None  # the parity samples always exist
+        return data

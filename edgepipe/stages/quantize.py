@@ -174,10 +174,10 @@ class QuantizeStage:
             warnings.append(f"no labelled --eval data: only fidelity to the float model was measured "
                             f"({eval_data.origin})")
         if engine.suffix == ".xml":
-            warnings.append("int8 lives in the OpenVINO IR (engine nncf-openvino); the bundle's model.onnx "
+            warnings.append("int8 lives in the OpenVINO IR (engine nncf-openvino); the portable model.onnx "
                             "is the float model it was quantized from")
         elif engine.suffix == ".tflite":
-            warnings.append("int8 lives in the .tflite its converter wrote (engine litert); the bundle's "
+            warnings.append("int8 lives in the .tflite its converter wrote (engine litert); the portable "
                             "model.onnx is the float model it was quantized from")
         base_metrics = {
             "scheme": scheme, "model_type": model_type,
@@ -228,10 +228,12 @@ class QuantizeStage:
             remedy = "set [quantize.budget] on_exceed = \"fallback\" to keep sensitive layers in float"
         elif not engine.ranks and not isinstance(engine, NncfOpenVino):
             remedy = f"the {engine.name} engine ({scheme}) cannot keep single layers in float"
+        elif budget.max_fallback == 0 and not isinstance(engine, NncfOpenVino):
+            remedy = "[quantize.budget] max_fallback = 0 keeps no layer in float"
         else:
             remedy = ""
         yield outcome(first, first_scores, "every layer int8", "", remedy)
-        if budget.on_exceed == "fail" or budget.max_fallback == 0:
+        if budget.on_exceed == "fail":
             return
         if isinstance(engine, NncfOpenVino):
             yield self._accuracy_control(engine, job, first, score, evaluator, budget, work, eval_data, ctx,

@@ -164,7 +164,62 @@ def main() -> None:
     np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     write("calib-object.npy", buffer.getvalue())
     npz("eval-bad-labels.npz", input=np.zeros((4, 1, 8, 8), np.float32), labels=np.zeros(3, np.int64))
+    round_two()
     print(f"wrote {sum(1 for p in (HERE / 'files').rglob('*') if p.is_file())} files under {HERE / 'files'}")
+
+
+def _model(nodes, inputs, outputs, initializers=(), opset: int = 17) -> bytes:
+    graph = helper.make_graph(nodes, "m", inputs, outputs, list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="corpus")
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def round_two() -> None:
+    """Hostile inputs, round two: typed inputs edgepipe cannot feed, sizes no runtime can allocate,
+    names ONNX Runtime refuses, sample files that are not what their name says."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    sequence = helper.make_value_info("x", helper.make_sequence_type_proto(
+        helper.make_tensor_type_proto(TensorProto.FLOAT, [1, 4])))
+    write("input-sequence.onnx", _model([helper.make_node("SequenceAt", ["x", "i"], ["y"])], [sequence], [y],
+                                        [numpy_helper.from_array(np.array(0, np.int64), "i")]))
+    optional = helper.make_value_info("x", helper.make_optional_type_proto(
+        helper.make_tensor_type_proto(TensorProto.FLOAT, [1, 4])))
+    write("input-optional.onnx", _model([helper.make_node("OptionalGetElement", ["x"], ["y"])],
+                                        [optional], [y]))
+    undefined = helper.make_tensor_value_info("x", TensorProto.UNDEFINED, [1, 4])
+    write("input-undefined-type.onnx", _model([helper.make_node("Relu", ["x"], ["y"])], [undefined], [y]))
+    zero = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 0])
+    write("input-zero-sized.onnx", _model([helper.make_node("Relu", ["x"], ["y"])], [zero],
+                                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 0])]))
+    pads = numpy_helper.from_array(np.array([0, 0, 0, 2**40], np.int64), "pads")
+    def unknown(rank: int) -> onnx.ValueInfoProto:
+        return helper.make_tensor_value_info("y", TensorProto.FLOAT, [f"d{i}" for i in range(rank)])
+
+    write("pad-2-to-the-40.onnx", _model([helper.make_node("Pad", ["x", "pads"], ["y"], name="huge_pad")],
+                                         [x], [unknown(2)], [pads]))
+    image = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 8, 8])
+    scales = numpy_helper.from_array(np.array([1, 1, 1e6, 1e6], np.float32), "scales")
+    write("resize-by-a-million.onnx", _model(
+        [helper.make_node("Resize", ["x", "", "scales"], ["y"], name="huge_resize")], [image],
+        [unknown(4)], [scales]))
+    shape = numpy_helper.from_array(np.array([10**7, 10**7, 4], np.int64), "shape")
+    write("expand-to-1e14.onnx", _model([helper.make_node("Expand", ["x", "shape"], ["y"],
+                                                          name="huge_expand")], [x], [unknown(3)], [shape]))
+    write("duplicate-node-names.onnx", _model([helper.make_node("Relu", ["x"], ["a"], name="same"),
+                                               helper.make_node("Neg", ["a"], ["y"], name="same")], [x], [y]))
+    buffer = io.BytesIO()
+    np.save(buffer, np.zeros((4, 1, 8, 8), np.float32))
+    write("calib-npy-bytes.npz", buffer.getvalue())
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("input.npy", b"this member is not an array")
+    write("calib-junk-member.npz", buffer.getvalue())
+    write("profile-extends-missing.toml", 'name = "p"\ndescription = "d"\nextends = "no-such-profile"\n')
+    write("profile-atol-inf.toml", 'name = "p"\ndescription = "d"\n[accuracy]\natol = inf\n')
+    write("profile-cycle-a.toml", 'name = "p"\ndescription = "d"\nextends = "profile-cycle-b.toml"\n')
+    write("profile-cycle-b.toml", 'name = "p"\ndescription = "d"\nextends = "profile-cycle-a.toml"\n')
 
 
 if __name__ == "__main__":

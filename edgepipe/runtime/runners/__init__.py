@@ -29,7 +29,7 @@ __all__ = ["BACKENDS", "OnnxRuntimeRunner", "OpenVinoRunner", "Runner", "TensorR
 def make_runner(backend: str, model: Path | bytes | IrBytes, *, inputs: Sequence[Spec],
                 outputs: Sequence[Spec], settings: Mapping[str, Any], precision: str = "f32",
                 threads: int | None = None, name: str | None = None,
-                plan: Mapping[str, Any] | None = None) -> Runner:
+                plan: Mapping[str, Any] | None = None, bundle: Path | None = None) -> Runner:
     """A runner for a model file (or its bytes) with a target's `[runtime]` settings."""
     if backend == "onnxruntime":
         return OnnxRuntimeRunner(model, inputs, settings, threads=threads, name=name)
@@ -40,7 +40,7 @@ def make_runner(backend: str, model: Path | bytes | IrBytes, *, inputs: Sequence
     if backend == "tensorrt":
         if plan is None or not isinstance(model, Path):
             raise BackendError("a TensorRT engine runs from its bundle folder and engine plan")
-        return TensorRtRunner(model.parent, plan, inputs, threads=threads)
+        return TensorRtRunner(bundle or model.parent, plan, inputs, threads=threads)
     raise BackendError(f"this runtime cannot run backend '{backend}' (known: {', '.join(BACKENDS)})")
 
 
@@ -60,7 +60,7 @@ def open_runner(bundle: Path, manifest: Mapping[str, Any], *, threads: int | Non
         if is_encrypted(manifest, plan["engine"]):
             raise BadInputError("an encrypted engine cannot be loaded from memory: rebuild it on the device "
                                 "with --build-engine (the engine stays on the device)")
-        return make_runner(name, inside(bundle, plan["engine"]), plan=plan, **common)
+        return make_runner(name, inside(bundle, plan["engine"]), plan=plan, bundle=bundle, **common)
     model: Path | bytes | IrBytes = artifact
     plain = model_bytes(bundle, manifest, artifact.name, key)
     if plain is not None and name == "openvino":

@@ -31,6 +31,9 @@ def import_ort():
         import onnxruntime
     except ImportError:
         raise BackendError("this model needs onnxruntime: pip install onnxruntime") from None
+    # Errors only, also from the process-wide logger that sessions fall back on before their own
+    # options apply: ORT's coloured multi-line records must not surround our one-line errors.
+    onnxruntime.set_default_logger_severity(3)
     return onnxruntime
 
 

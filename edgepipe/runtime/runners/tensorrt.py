@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import strict_json
 from ..bundle import inside
 from ..errors import BackendError, BadInputError
 from .base import Feed, Runner, Spec
@@ -265,7 +266,7 @@ def write_record(bundle: Path, plan: dict, seconds: float | None = None, local: 
               "jetson": local["jetson"], "dla_core": plan["dla_core"], "precision": plan["precision"],
               "build_seconds": None if seconds is None else round(seconds, 1),
               "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "plan": plan}
-    (bundle / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    (bundle / RECORD_NAME).write_text(strict_json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return record
 
 
@@ -305,8 +306,8 @@ class TensorRtRunner(Runner):
         plan = self.plan
         engine_path = inside(self.bundle, plan["engine"])
         if not engine_path.is_file():
-            raise BadInputError(f"no {plan['engine']} yet: build it on this device with "
-                                "`python3 run.py --build-engine` or `bash build_engine.sh`")
+            raise BackendError(f"no {plan['engine']} yet: build it on this device with "
+                               "`python3 run.py --build-engine` or `bash build_engine.sh`")
         record = read_record(self.bundle)
         problems = compatibility_problems(plan, record, local_facts())
         if problems:
