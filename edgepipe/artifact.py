@@ -17,6 +17,7 @@ class TensorSpec:
     shape: tuple[int | str, ...]
     dtype: str
     layout: str | None = None
+    values: str | None = None  # what random samples draw from: "LOW..HIGH" or "A,B" (--input NAME=...)
 
     @property
     def is_static(self) -> bool:
@@ -24,7 +25,7 @@ class TensorSpec:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
-                "layout": self.layout}
+                "layout": self.layout, **({"values": self.values} if self.values else {})}
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import numpy as np
 
 from edgepipe.artifact import TensorSpec
 from edgepipe.data.samples import random_samples
-from edgepipe.errors import BadInputError, first_line
+from edgepipe.errors import BadInputError, EdgepipeError, first_line
 from edgepipe.sources import SourceModel
 
 Feed = dict[str, np.ndarray]
@@ -51,7 +51,7 @@ def torch_runner(module, specs: tuple[TensorSpec, ...], label: str) -> Callable[
     import torch
 
     def run(feed: Feed) -> Feed:
-        args = [torch.from_numpy(np.ascontiguousarray(feed[s.name])) for s in specs]
+        args = [torch.from_numpy(np.asarray(feed[s.name], order="C")) for s in specs]
         with torch.inference_mode():
             try:
                 value = module(*args)
@@ -91,10 +91,21 @@ def make_reference(source: SourceModel, specs: tuple[TensorSpec, ...], count: in
         origin = f"{count} seeded random samples (seed {seed})"
     else:
         origin = samples_origin
-    if source.kind == "onnx":
-        outputs = onnx_outputs(source.path, specs, samples)
-    else:
-        outputs = torch_outputs(source, specs, samples)
+    try:
+        if source.kind == "onnx":
+            outputs = onnx_outputs(source.path, specs, samples)
+        else:
+            outputs = torch_outputs(source, specs, samples)
+    except EdgepipeError as exc:
+        guessed = [s for s in specs if np.dtype(s.dtype).kind in "iub" and s.values is None]
+        if not random or not guessed:
+            raise
+        first = guessed[0]
+        raise BadInputError(
+            f"the source model fails on seeded random samples ({first_line(exc, 240)}); its integer "
+            f"input{'s' if len(guessed) > 1 else ''} {', '.join(repr(s.name) for s in guessed)} got "
+            f"random values: give real samples with --calib, or the values it takes with --input "
+            f"{first.name}=A,B or {first.name}=LOW..HIGH") from None
     _check_finite(outputs, origin, random=random)
     return Reference(inputs=samples, outputs=outputs, origin=origin)
 

@@ -1,7 +1,10 @@
-"""`--input NAME:1x3x224x224[:dtype]` (or NAME:MIN/OPT/MAX) specs, resolved against a model's inputs."""
+"""`--input NAME:1x3x224x224[:dtype][=VALUES]` (or NAME:MIN/OPT/MAX, NAME:scalar, NAME=VALUES) specs,
+resolved against a model's inputs. VALUES ("8000,16000", "0..255") is what random samples of that
+input are drawn from (`runtime.feeds.parse_values`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -10,27 +13,42 @@ import numpy as np
 
 from edgepipe.artifact import TensorSpec, layout_guess
 from edgepipe.errors import BadInputError
+from edgepipe.runtime.feeds import parse_values
 
 _DIMS = r"\d+(?:x\d+)*"
-_SPEC = re.compile(rf"^(?P<name>[^:]+):(?P<dims>{_DIMS}(?:/{_DIMS}/{_DIMS})?)(?::(?P<dtype>[a-z0-9]+))?$")
+_SPEC = re.compile(rf"^(?P<name>[^:=]+)(?::(?P<dims>scalar|{_DIMS}(?:/{_DIMS}/{_DIMS})?)"
+                   r"(?::(?P<dtype>[a-z0-9]+))?)?(?:=(?P<values>[^=]+))?$")
 EXAMPLE = "input:1x3x224x224"
 
 
 @dataclass(frozen=True)
 class InputOverride:
     name: str
-    shape: tuple[int, ...]  # what the build runs with: the single shape, or a range's opt
+    shape: tuple[int, ...] | None  # what the build runs with: the single shape, or a range's opt
     dtype: str | None
     # MIN/OPT/MAX, for runtimes that build for a range of shapes (TensorRT profiles)
     shape_range: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None = None
+    values: str | None = None
 
 
 def parse_input_spec(text: str) -> InputOverride:
     match = _SPEC.match(text.strip())
-    if not match:
+    if not match or not (match["dims"] or match["values"]):
         raise BadInputError(
-            f"bad --input '{text}': expected NAME:DIMxDIMx...[:dtype], e.g. {EXAMPLE}"
+            f"bad --input '{text}': expected NAME:DIMxDIMx...[:dtype][=VALUES], e.g. {EXAMPLE}, "
+            "sr:scalar:int64=8000,16000 or ids=0..30521"
         )
+    values = match["values"]
+    if values is not None:
+        try:  # the check against the input's own dtype follows in resolve_inputs
+            parse_values(values, _dtype(text, match["dtype"]) or "float64")
+        except BadInputError:
+            raise BadInputError(f"bad --input '{text}': expected NAME:DIMxDIMx...[:dtype][=VALUES], VALUES "
+                                "as LOW..HIGH (LOW <= HIGH) or A,B,... of numbers the dtype holds") from None
+    if match["dims"] is None:
+        return InputOverride(match["name"], None, None, values=values)
+    if match["dims"] == "scalar":
+        return InputOverride(match["name"], (), _dtype(text, match["dtype"]), values=values)
     shapes = [tuple(int(d) for d in part.split("x")) for part in match["dims"].split("/")]
     if any(d == 0 for shape in shapes for d in shape):
         raise BadInputError(f"bad --input '{text}': dimensions must be positive")
@@ -44,13 +62,16 @@ def parse_input_spec(text: str) -> InputOverride:
         shape_range = (low, dims, high)
     else:
         dims = shapes[0]
-    dtype = match["dtype"]
-    if dtype is not None:
-        try:
-            dtype = np.dtype(dtype).name
-        except TypeError:
-            raise BadInputError(f"bad --input '{text}': unknown dtype '{dtype}'") from None
-    return InputOverride(match["name"], dims, dtype, shape_range)
+    return InputOverride(match["name"], dims, _dtype(text, match["dtype"]), shape_range, values)
+
+
+def _dtype(text: str, dtype: str | None) -> str | None:
+    if dtype is None:
+        return None
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        raise BadInputError(f"bad --input '{text}': unknown dtype '{dtype}'") from None
 
 
 def parse_input_specs(texts: Sequence[str]) -> dict[str, InputOverride]:
@@ -76,14 +97,19 @@ def resolve_inputs(
     resolved = []
     for spec in declared:
         override = overrides.get(spec.name)
-        if override is None:
+        if override is not None and override.values is not None:
+            try:
+                parse_values(override.values, spec.dtype)
+            except BadInputError as exc:
+                raise BadInputError(f"--input {spec.name}: {exc}") from None
+        if override is None or override.shape is None:
             if not spec.is_static:
                 raise BadInputError(
                     f"input '{spec.name}' has dynamic shape {_show(spec.shape)}: "
                     f"give it one with --input {spec.name}:"
                     + "x".join(str(d) if isinstance(d, int) and d > 0 else "N" for d in spec.shape)
                 )
-            resolved.append(spec)
+            resolved.append(dataclasses.replace(spec, values=override and override.values))
             continue
         if len(override.shape) != len(spec.shape):
             raise BadInputError(
@@ -101,7 +127,7 @@ def resolve_inputs(
                 f"--input {override.name}: dtype {override.dtype} given, model expects {spec.dtype}"
             )
         resolved.append(TensorSpec(spec.name, override.shape, spec.dtype,
-                                   layout_guess(override.shape)))
+                                   layout_guess(override.shape), override.values))
     for spec in resolved:
         _check_size(spec)
     return tuple(resolved)

@@ -32,6 +32,7 @@ from edgepipe.artifact import TensorSpec
 from edgepipe.data.preprocessing import ImagePreprocessing, ResolvedPreprocessing, image_files, resolve
 from edgepipe.errors import BadInputError, EdgepipeError, first_line
 from edgepipe.python_callable import load_python_callable, split_spec, user_error
+from edgepipe.runtime.feeds import draw, load_npz
 from edgepipe.settings import read_toml, validate_as
 
 Feed = dict[str, np.ndarray]
@@ -102,14 +103,7 @@ def _arrays_of(path: Path, specs: tuple[TensorSpec, ...]) -> dict[str, np.ndarra
                 )
             return {specs[0].name: np.load(path, allow_pickle=False)}
         if path.suffix == ".npz":
-            archive = np.load(path, allow_pickle=False)
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise BadInputError(f"{path}: holds a single .npy array, not an .npz of named arrays")
-            with archive:
-                arrays = {name: archive[name] for name in archive.files}
-            junk = next((name for name, value in arrays.items() if not isinstance(value, np.ndarray)), None)
-            if junk is not None:  # numpy hands back the raw bytes of a member that is not .npy
-                raise BadInputError(f"{path}: member '{junk}' is not a .npy array")
+            arrays = load_npz(path)
             missing = [s.name for s in specs if s.name not in arrays]
             if missing:
                 raise BadInputError(f"{path}: no array named '{missing[0]}' "
@@ -126,6 +120,8 @@ def _arrays_of(path: Path, specs: tuple[TensorSpec, ...]) -> dict[str, np.ndarra
 
 def check_sample(where: str, spec: TensorSpec, array: Any) -> np.ndarray:
     """One sample for one input, exactly as the model takes it."""
+    if isinstance(array, np.generic) and not spec.shape:
+        array = np.asarray(array)  # np.int64(16000) for a scalar input, as a user writes it
     if not isinstance(array, np.ndarray):
         raise BadInputError(f"{where}: '{spec.name}' is a {type(array).__name__}, not a numpy array")
     if array.dtype.name != spec.dtype:
@@ -135,7 +131,7 @@ def check_sample(where: str, spec: TensorSpec, array: Any) -> np.ndarray:
         raise BadInputError(f"{where}: '{spec.name}' has shape {list(array.shape)}, the model "
                             f"expects {list(spec.shape)}")
     _check_finite(where, spec, array)
-    return np.ascontiguousarray(array)
+    return np.asarray(array, order="C")  # keeps a 0-d scalar 0-d, unlike ascontiguousarray
 
 
 def _check_finite(where: str, spec: TensorSpec, array: np.ndarray) -> None:
@@ -186,7 +182,7 @@ def _array_samples(path: Path, specs: tuple[TensorSpec, ...], flag: str) -> Iter
         batch = int(specs[0].shape[0]) if specs[0].shape and isinstance(specs[0].shape[0], int) else 1
         labels = _labels_for(file, arrays.get(LABELS), count, batch)
         for index in range(count):
-            yield LabelledSample({name: np.ascontiguousarray(stack[index])
+            yield LabelledSample({name: np.asarray(stack[index], order="C")
                                   for name, stack in stacks.items()}, labels[index])
 
 
@@ -248,8 +244,10 @@ def random_samples(specs: tuple[TensorSpec, ...], count: int, seed: int,
                    examples: Mapping[str, np.ndarray] | None = None) -> list[Feed]:
     """Seeded inputs; the first sample is the model's own example where it has one.
 
-    Integer inputs (token ids, masks, indices) are drawn from the example's value
-    range, else from {0, 1}, which is valid for any embedding or mask.
+    Values come from what `--input NAME=...` declares; else integer inputs (token ids, masks,
+    indices) are drawn from the example's value range, or from {0, 1}, which is valid for any
+    embedding or mask. The draw itself is the device's (`runtime.feeds.draw`), so `run.py`
+    and `edgepipe profile` feed a bundle what the build fed it.
     """
     rng = np.random.default_rng(seed)
     samples = []
@@ -260,18 +258,13 @@ def random_samples(specs: tuple[TensorSpec, ...], count: int, seed: int,
             example = None if examples is None else examples.get(spec.name)
             if example is not None and tuple(example.shape) != shape:
                 example = None
-            dtype = np.dtype(spec.dtype)
-            if index == 0 and example is not None:
-                feed[spec.name] = np.ascontiguousarray(example)
-            elif dtype.kind == "f":
-                feed[spec.name] = rng.standard_normal(shape).astype(dtype)
-            elif dtype.kind == "b":
-                feed[spec.name] = rng.integers(0, 2, shape).astype(bool)
-            elif dtype.kind in "iu":
-                low, high = (0, 2) if example is None else (int(example.min()), int(example.max()) + 1)
-                feed[spec.name] = rng.integers(low, high, shape).astype(dtype)
+            values = spec.values
+            if values is None and example is not None and np.dtype(spec.dtype).kind in "iu":
+                values = f"{int(example.min())}..{int(example.max())}"
+            if index == 0 and example is not None and spec.values is None:
+                feed[spec.name] = np.asarray(example, order="C")
             else:
-                raise BadInputError(f"input '{spec.name}': cannot make samples of dtype {dtype}")
+                feed[spec.name] = draw(rng, {**spec.to_json(), "shape": shape, "values": values})
         samples.append(feed)
     return samples
 

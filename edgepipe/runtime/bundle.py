@@ -57,7 +57,7 @@ def load_manifest(bundle: Path) -> dict[str, Any]:
         specs = manifest.get(key)
         if not isinstance(specs, list) or not all(
                 isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("dtype"), str)
-                and isinstance(s.get("shape"), list) for s in specs):
+                and isinstance(s.get("shape"), list) and isinstance(s.get("values", ""), str) for s in specs):
             raise BadInputError(f"{path}: key '{key}' must be a list of {{name, shape, dtype}} entries")
     return manifest
 

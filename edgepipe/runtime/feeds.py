@@ -65,6 +65,20 @@ def read_image(path: Path, specs: Sequence[Spec]) -> dict[str, np.ndarray]:
     return {specs[0]["name"]: array}
 
 
+def load_npz(path: Path) -> dict[str, np.ndarray]:
+    """Every array of an .npz archive; raises what numpy raises for an unreadable file. Shared by
+    the build's sample reader, so host and device refuse the same archives."""
+    archive = np.load(path, allow_pickle=False)
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise BadInputError(f"{path}: a single array, not an .npz archive of named arrays")
+    with archive:
+        arrays = {name: archive[name] for name in archive.files}
+    junk = next((name for name, value in arrays.items() if not isinstance(value, np.ndarray)), None)
+    if junk is not None:  # numpy hands back the raw bytes of a member that is not .npy
+        raise BadInputError(f"{path}: member '{junk}' is not a .npy array")
+    return arrays
+
+
 def read_arrays(path: Path, specs: Sequence[Spec]) -> dict[str, np.ndarray]:
     """A .npy (single-input models) or .npz of arrays named after the inputs, exactly as the model
     takes them (or, where `device_shape` is given, in the model's own layout)."""
@@ -74,14 +88,7 @@ def read_arrays(path: Path, specs: Sequence[Spec]) -> dict[str, np.ndarray]:
                 raise BadInputError(f"{path}: the model has {len(specs)} inputs; use a .npz")
             arrays = {specs[0]["name"]: np.load(path, allow_pickle=False)}
         else:
-            archive = np.load(path, allow_pickle=False)
-            if not isinstance(archive, np.lib.npyio.NpzFile):
-                raise BadInputError(f"{path}: a single array, not an .npz archive of named arrays")
-            with archive:
-                arrays = {name: archive[name] for name in archive.files}
-            junk = next((name for name, value in arrays.items() if not isinstance(value, np.ndarray)), None)
-            if junk is not None:  # numpy hands back the raw bytes of a member that is not .npy
-                raise BadInputError(f"{path}: member '{junk}' is not a .npy array")
+            arrays = load_npz(path)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise BadInputError(f"{path}: unreadable ({first_line(exc)})") from None
     feed = {}
@@ -97,16 +104,52 @@ def read_arrays(path: Path, specs: Sequence[Spec]) -> dict[str, np.ndarray]:
     return feed
 
 
+def parse_values(text: str, dtype: str) -> tuple[str, list[float]]:
+    """The values an input takes, as declared with `--input NAME=...` and kept in the manifest:
+    "LOW..HIGH" (inclusive range) or "A,B,..." (choices; one value: a constant). Random samples
+    for an input like a sample rate or a class id must come from its own domain: values the model
+    never sees select branches that fail, or measure work it never does."""
+    kind = np.dtype(dtype).kind
+    number = int if kind in "iub" else float
+    try:
+        if ".." in text:
+            low, high = (number(part) for part in text.split("..", 1))
+            if not low <= high:
+                raise ValueError
+            values = ("range", [low, high])
+        else:
+            values = ("choice", [number(part) for part in text.split(",")])
+    except ValueError:
+        raise BadInputError(f"values '{text}' for a {dtype} input: expected LOW..HIGH or A,B,... "
+                            f"({'integers' if number is int else 'numbers'})") from None
+    if not all(np.isfinite(v) for v in values[1]) or (kind == "b" and not set(values[1]) <= {0, 1}):
+        raise BadInputError(f"values '{text}' do not fit a {dtype} input")
+    if kind in "iu" and not all(np.iinfo(dtype).min <= v <= np.iinfo(dtype).max for v in values[1]):
+        raise BadInputError(f"values '{text}' do not fit a {dtype} input")
+    return values
+
+
+def draw(rng: np.random.Generator, spec: Spec) -> np.ndarray:
+    """Seeded values for one input: from its declared values, else standard normal floats and
+    {0, 1} integers (valid for any mask or embedding index)."""
+    dtype, shape = np.dtype(spec["dtype"]), tuple(spec["shape"])
+    if spec.get("values"):
+        kind, values = parse_values(spec["values"], dtype.name)
+        if kind == "choice":
+            return np.asarray(rng.choice(np.asarray(values), shape)).astype(dtype)
+        if dtype.kind == "f":
+            return np.asarray(rng.uniform(values[0], values[1], shape)).astype(dtype)
+        return np.asarray(rng.integers(values[0], values[1], shape, endpoint=True)).astype(dtype)
+    if dtype.kind == "f":
+        return np.asarray(rng.standard_normal(shape)).astype(dtype)
+    if dtype.kind in "iub":
+        return np.asarray(rng.integers(0, 2, shape)).astype(dtype)
+    raise BadInputError(f"input '{spec['name']}': cannot make samples of dtype {dtype}")
+
+
 def random_inputs(specs: Sequence[Spec], seed: int) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
-    feed = {}
-    for spec in specs:
-        dtype = np.dtype(spec["dtype"])
-        if dtype.kind == "f":
-            feed[spec["name"]] = rng.standard_normal(spec["shape"]).astype(dtype)
-        else:
-            feed[spec["name"]] = rng.integers(0, 2, spec["shape"]).astype(dtype)
-    return feed
+    return {spec["name"]: draw(rng, spec) for spec in specs}
 
 
 def read_feed(path: Path | None, specs: Sequence[Spec], seed: int = 0) -> dict[str, np.ndarray]:

@@ -112,7 +112,7 @@ def convert_with_litert_torch(module: Any, example_args: tuple, out: Path, *, ch
         seen = 0
         with torch.no_grad():
             for sample in calibration:
-                sample = tuple(torch.from_numpy(np.ascontiguousarray(array)) for array in sample)
+                sample = tuple(torch.from_numpy(np.asarray(array, order="C")) for array in sample)
                 if channel_last:
                     sample = tuple(s.permute(*channel_last_perm(s.dim())).contiguous()
                                    if i in image_args else s for i, s in enumerate(sample))

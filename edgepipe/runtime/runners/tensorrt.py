@@ -349,7 +349,7 @@ class TensorRtRunner(Runner):
     def _infer(self, feed: Feed) -> dict[str, np.ndarray]:
         for name in self.input_names:
             dtype = self.trt.nptype(self.engine.get_tensor_dtype(name))
-            array = np.ascontiguousarray(feed[name], dtype=dtype)
+            array = np.asarray(feed[name], dtype=dtype, order="C")  # 0-d stays 0-d
             self.context.set_input_shape(name, array.shape)
             self.cuda.to_device(self._buffer(name, array.nbytes), array)
         outputs = {}
