@@ -12,6 +12,7 @@ since a bf16/AMX CPU runs an "f32" model in bf16 otherwise) is the runtime's
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -27,6 +28,20 @@ from edgepipe.settings import StrictModel
 ARTIFACT_NAME = "model.xml"
 WEIGHTS_NAME = "model.bin"
 Precision = Literal["f32", "f16", "bf16"]
+
+
+def conversion_failure(exc: BaseException) -> str:
+    """The frontend's report spans many lines and opens with a source location; the user needs the
+    ops it could not convert and the first reason, on one line."""
+    text = str(exc)
+    failed = re.search(r"Conversion is failed for: ([^\n]+)", text)
+    if not failed:
+        return first_line(exc)
+    block = text.split("with a message:", 1)[-1].split("\n\n", 1)[0]
+    reasons = [line.strip() for line in block.splitlines() if line.strip()]
+    node = re.search(r"ONNX node '<Node\((\w+)\): ([^>]+)>'", block)
+    where = f" (node {node.group(2)}: {reasons[-1]})" if node and reasons else ""
+    return f"its ONNX frontend does not convert {failed.group(1).strip()}{where}"
 
 
 class OpenVinoLowerSettings(StrictModel):
@@ -80,7 +95,8 @@ class OpenVinoBackend:
             converted = (ov.Core().read_model(str(model.path)) if model.format == self.name
                          else ov.convert_model(str(model.path)))
         except Exception as exc:
-            raise BackendError(f"OpenVINO could not convert {model.path.name}: {first_line(exc)}") from None
+            raise BackendError(f"OpenVINO could not convert {model.path.name}: {conversion_failure(exc)}"
+                               ) from None
         out = out_dir / ARTIFACT_NAME
         # f16 and bf16 builds keep their weights as f16 (half the IR; OpenVINO decompresses them at
         # load, and a bf16 model loses no more to f16 weights than to its own bf16 arithmetic, which

@@ -26,14 +26,31 @@ _UNSUPPORTED_OP = re.compile(
 )
 
 
+_RUNNING_NODE = re.compile(r"running (?P<op>\w+) node\. Name:'(?P<node>[^']*)'")
+
+
+def run_failure(exc: BaseException) -> str:
+    """ORT nests a failure once per enclosing If/Loop/Scan ("... running If node ... Status Message:
+    ... running Reshape node ... Status Message: <the reason>"); the innermost node and reason are
+    what the user needs, and they sit past any sensible line length."""
+    text = str(exc)
+    nodes = list(_RUNNING_NODE.finditer(text))
+    if not nodes or "Status Message:" not in text:
+        return first_line(exc)
+    reason = text.rsplit("Status Message:", 1)[1].strip()
+    reason = reason.rsplit(" was false. ", 1)[-1]  # past ORT's source location and failed check
+    node = nodes[-1]
+    return first_line(f"{node['op']} node '{node['node'] or 'unnamed'}': {reason}")
+
+
 def import_ort():
     try:
         import onnxruntime
     except ImportError:
         raise BackendError("this model needs onnxruntime: pip install onnxruntime") from None
-    # Errors only, also from the process-wide logger that sessions fall back on before their own
+    # Fatal records only, also from the process-wide logger that sessions fall back on before their own
     # options apply: ORT's coloured multi-line records must not surround our one-line errors.
-    onnxruntime.set_default_logger_severity(3)
+    onnxruntime.set_default_logger_severity(4)
     return onnxruntime
 
 
@@ -51,7 +68,7 @@ def session_options(settings: Mapping[str, Any], *, threads: int | None = None, 
     options.inter_op_num_threads = settings["inter_op_threads"]
     options.execution_mode = (ort.ExecutionMode.ORT_SEQUENTIAL if settings["execution_mode"] == "sequential"
                               else ort.ExecutionMode.ORT_PARALLEL)
-    options.log_severity_level = 3  # errors only; warnings reach the user through our reports
+    options.log_severity_level = 4  # fatal only: errors reach the user as our one-line message
     return options
 
 
@@ -113,7 +130,7 @@ class OnnxRuntimeRunner(Runner):
         try:
             values = self._session.run(self._outputs, dict(feed))
         except Exception as exc:
-            raise BackendError(f"onnxruntime failed running {self.name}: {first_line(exc)}") from None
+            raise BackendError(f"onnxruntime failed running {self.name}: {run_failure(exc)}") from None
         return dict(zip(self._outputs, values, strict=True))
 
     def layer_times(self, feed: Feed, runs: int) -> dict[str, Any]:
