@@ -87,6 +87,8 @@ def _check_structure(model: onnx.ModelProto, path: Path) -> None:
                                     f"({shape})")
     seen: dict[str, str] = {}
     for node in model.graph.node:
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            continue  # ONNX Runtime turns these into initializers first; `normalise` renames them
         if node.name and node.name in seen:
             raise BadInputError(f"{path}: two nodes are named '{node.name}' ({seen[node.name]} and "
                                 f"{node.op_type}); ONNX Runtime refuses that: give them distinct names")
@@ -255,13 +257,100 @@ def normalise(model: onnx.ModelProto) -> onnx.ModelProto:
         passes.LiftConstantsToInitializersPass(lift_all_constants=False, size_limit=16),
         passes.RemoveInitializersFromInputsPass(),
     )(ir_model)
+    # IR < 4 requires every initializer to be a graph input too (caffe2-era files); with them
+    # removed from the inputs, the file is only valid at IR 4 or later.
+    ir_model.ir_version = max(ir_model.ir_version, 4)
     eliminate_identities(ir_model)
     Sequential(
         passes.RemoveUnusedNodesPass(),
         passes.RemoveUnusedOpsetsPass(),
         passes.TopologicalSortPass(),
     )(ir_model)
+    _distinct_node_names(ir_model)
     return onnx_ir.to_proto(ir_model)
+
+
+def _distinct_node_names(model) -> None:
+    """Exporters reuse names (spox names every Constant 'F0::anon'); ONNX Runtime tolerates that
+    for Constants only, and later tools key nodes by name, so every name is made unique."""
+    import onnx_ir
+
+    seen: set[str] = set()
+    for node in onnx_ir.traversal.RecursiveGraphIterator(model.graph):
+        if not node.name:
+            continue
+        name, index = node.name, 1
+        while name in seen:
+            name, index = f"{node.name}_{index}", index + 1
+        node.name = name
+        seen.add(name)
+
+
+def infer_shapes_afresh(model: onnx.ModelProto, path_hint: Path) -> onnx.ModelProto:
+    """Shapes inferred with the file's declarations where they agree with the graph, else from
+    the graph alone. Exporters write stale or wrong declarations (paddle2onnx: dim_value -1;
+    torch 1.9: an output declared [1, seqlen] that is [32, 1, 8210] when run), and strict
+    inference refuses a graph that disagrees with them. An output inference cannot shape keeps
+    what the file said, unknown dims cleared."""
+    try:
+        return infer_shapes(model, path_hint)
+    except BadInputError:
+        pass
+    declared = {}
+    del model.graph.value_info[:]
+    for value in model.graph.output:
+        declared[value.name] = onnx.TypeProto()
+        declared[value.name].CopyFrom(value.type)
+        value.type.tensor_type.ClearField("shape")
+    inferred = infer_shapes(model, path_hint)
+    for value in inferred.graph.output:
+        own = declared[value.name].tensor_type
+        if not value.type.tensor_type.HasField("shape") and own.HasField("shape"):
+            value.type.tensor_type.shape.CopyFrom(own.shape)
+            for dim in value.type.tensor_type.shape.dim:
+                if dim.HasField("dim_value") and dim.dim_value < 0:
+                    dim.Clear()
+    return inferred
+
+
+def scalar_if_conditions(model: onnx.ModelProto) -> int:
+    """ONNX lets an If test any one-element tensor; OpenVINO's frontend takes rank 0 or 1 only,
+    and torch 1.x exports conditions of shape [1, 1] (openWakeWord's models). A Squeeze before the
+    If makes such a condition a scalar for every backend. Needs inferred shapes; returns how many
+    conditions it changed."""
+    names = {name for graph in _graphs(model.graph) for node in graph.node for name in node.output}
+    changed = 0
+    for graph in _graphs(model.graph):
+        shapes = {v.name: v.type.tensor_type.shape for v in (*graph.value_info, *graph.input)
+                  if v.type.HasField("tensor_type") and v.type.tensor_type.HasField("shape")}
+        index = 0
+        while index < len(graph.node):
+            node = graph.node[index]
+            shape = shapes.get(node.input[0]) if node.op_type == "If" and node.domain in ("", "ai.onnx") \
+                else None
+            if shape is not None and len(shape.dim) > 1 and all(
+                    d.HasField("dim_value") and d.dim_value == 1 for d in shape.dim):
+                scalar = f"{node.input[0]}_scalar"
+                while scalar in names:
+                    scalar += "_"
+                names.add(scalar)
+                # Squeeze without axes drops every size-1 axis, the same at every opset.
+                graph.node.insert(index, onnx.helper.make_node("Squeeze", [node.input[0]], [scalar],
+                                                               name=f"{node.name or 'If'}_condition"))
+                node.input[0] = scalar
+                changed += 1
+                index += 1
+            index += 1
+    return changed
+
+
+def _graphs(graph: onnx.GraphProto):
+    """A graph and all its subgraphs (If/Loop/Scan bodies), outermost first."""
+    yield graph
+    for node in graph.node:
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                yield from _graphs(sub)
 
 
 def infer_shapes(model: onnx.ModelProto, path_hint: Path) -> onnx.ModelProto:

@@ -56,9 +56,11 @@ class SourceModel:
                            layout_guess(tuple(t.shape)))
                 for name, t in self.example_inputs.items()
             )
-        if not overrides:
+        shapeless = [o.name for o in overrides.values() if o.shape is None]
+        if not overrides or shapeless:
             raise BadInputError(
-                f"{self.spec}: the model carries no example inputs: give each input's shape "
+                f"{self.spec}: the model carries no example inputs: give "
+                f"{'each input' if not shapeless else repr(shapeless[0])}'s shape "
                 f"with --input NAME:SHAPE (e.g. --input {EXAMPLE})"
             )
         return tuple(
@@ -114,8 +116,10 @@ def load_source(spec: str, *, trust_pickle: bool = False, weights: Path | None =
 
 
 def _check_finite_weights(source: SourceModel) -> None:
-    """A NaN or infinite weight makes every output NaN and every accuracy check meaningless:
-    refuse it by name, before anything is run."""
+    """A NaN weight makes every output NaN and every accuracy check meaningless: refuse it by
+    name, before anything is run. Infinities are legitimate constants (a Clip's open bound, a
+    -inf attention mask; torch 1.11 exports clamp(min=x) with max=inf); if one does reach an
+    output, parity refuses the non-finite value there."""
     import numpy as np
 
     if source.kind == "onnx":
@@ -125,16 +129,16 @@ def _check_finite_weights(source: SourceModel) -> None:
 
         for tensor in all_tensors(source.onnx_model.graph):
             values = numpy_helper.to_array(tensor)
-            if values.dtype.kind in "fc" and not np.isfinite(values).all():
-                raise BadInputError(f"{source.spec}: weight '{tensor.name}' holds NaN or infinite values")
+            if values.dtype.kind in "fc" and np.isnan(values).any():
+                raise BadInputError(f"{source.spec}: weight '{tensor.name}' holds NaN values")
         return
     module = source.module.module() if source.kind == "exported_program" else source.module
     state = getattr(module, "state_dict", None)
     import torch
 
     for name, value in (state().items() if callable(state) else ()):
-        if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(value.isfinite().all()):
-            raise BadInputError(f"{source.spec}: weight '{name}' holds NaN or infinite values")
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and bool(value.isnan().any()):
+            raise BadInputError(f"{source.spec}: weight '{name}' holds NaN values")
 
 
 def _load_source(spec: str, trust_pickle: bool, weights: Path | None) -> SourceModel:

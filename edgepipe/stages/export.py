@@ -66,7 +66,9 @@ def _finish(proto, ctx: BuildContext, output: Path):
     proto = copy
     onnx_model.set_static_input_shapes(proto, ctx.inputs, ranged_axes(ctx))
     proto = onnx_model.normalise(proto)
-    proto = onnx_model.infer_shapes(proto, output)
+    proto = onnx_model.infer_shapes_afresh(proto, output)
+    if onnx_model.scalar_if_conditions(proto):
+        proto = onnx_model.infer_shapes(proto, output)
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
