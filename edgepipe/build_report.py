@@ -42,6 +42,10 @@ def _pass_table(stage: dict[str, Any]) -> list[str]:
         if row["skipped"]:
             lines.append(f"| {row['pass']} | skipped | | | | |" + (" |" if timed else ""))
             continue
+        if row.get("undone"):
+            lines.append(f"| {row['pass']} | undone: {row['undone']} | | | | |"
+                         + _timed(row, "seconds", ".3f"))
+            continue
         change = ", ".join(f"{op} {delta:+d}" for op, delta in row["op_change"].items()) or "—"
         lines.append(f"| {row['pass']} | {row['rewrites']} | {row['nodes_before']} → "
                      f"{row['nodes_after']} | {change} | {row['max_abs_diff']:.3g} | "

@@ -20,6 +20,20 @@ def onnx_opset(model: ir.Model) -> int:
     return model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
 
 
+def unavailable_ops(model: ir.Model) -> list[str]:
+    """Standard-domain ops (in every graph, subgraphs included) that the model's opset does not
+    define, as "OpType (node name)". A rewrite rule knows the op it writes but not the opset it
+    writes into; checking after a pass catches every rule, ours and onnxscript's, at once."""
+    import onnx.defs
+
+    opset = onnx_opset(model)
+    missing = []
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type, opset, ""):
+            missing.append(f"{node.op_type} ({node.name or 'unnamed'})")
+    return missing
+
+
 def constant_value(value: ir.Value):
     """The numpy value of an initializer or Constant-node input, or None."""
     if value.const_value is not None:

@@ -20,6 +20,7 @@ from edgepipe.artifact import Artifact
 from edgepipe.errors import BackendError
 from edgepipe.parity import compare_outputs
 from edgepipe.passes import PASSES
+from edgepipe.passes.base import onnx_opset, unavailable_ops
 from edgepipe.settings import StrictModel
 from edgepipe.stages.base import BuildContext, ParityCheck, StageOutcome
 
@@ -72,23 +73,40 @@ class FuseStage:
         nodes_before = sum(1 for _ in graph.graph)
         rows: list[dict[str, Any]] = []
         checks: list[ParityCheck] = []
+        warnings: list[str] = []
         parity = None
+        before_pass = proto.SerializeToString()  # the model as the next pass finds it
         for name, graph_pass in PASSES.items():
             if name in settings.skip:
                 rows.append({"pass": name, "skipped": True})
                 continue
             histogram = op_histogram(graph)
+            unavailable = set(unavailable_ops(graph))
             started = perf_counter()
             rewrites = graph_pass.apply(graph)
             seconds = perf_counter() - started
+            written = sorted(set(unavailable_ops(graph)) - unavailable)
             change = _histogram_change(histogram, op_histogram(graph))
-            if rewrites or change or parity is None:
+            problem = ""
+            if written:
+                problem = f"it wrote {written[0]}, which opset {onnx_opset(graph)} does not define"
+            if not problem and (rewrites or change or parity is None):
                 candidate = onnx_ir.serde.serialize_model(graph).SerializeToString()
                 try:
                     outputs = _run(candidate, ctx, f"model after pass '{name}'")
                 except BackendError as exc:
-                    raise BackendError(f"fuse pass '{name}' produced a model onnxruntime cannot "
-                                       f"run: {exc}") from None
+                    problem = f"onnxruntime cannot run its result ({exc})"
+            if problem:
+                # An optimisation that breaks a model nobody here wrote (an op its opset lacks, a
+                # folded dead If branch whose shapes no longer agree) is dropped, not the build;
+                # a pass that runs but changes outputs still fails parity below.
+                graph = onnx_ir.serde.deserialize_model(onnx.load_from_string(before_pass))
+                warnings.append(f"fuse pass '{name}' undone: {problem}")
+                rows.append({"pass": name, "skipped": False, "rewrites": 0, "undone": problem,
+                             "seconds": round(perf_counter() - started, 3)})
+                continue
+            if rewrites or change or parity is None:
+                before_pass = candidate
                 parity = compare_outputs(baseline, outputs, budget.atol, budget.rtol)
                 checks.append(ParityCheck(f"fuse pass '{name}'", parity,
                                           f"skip it with --skip-pass {name} or [fuse] skip = [\"{name}\"]"))
@@ -98,7 +116,7 @@ class FuseStage:
                 "op_change": change, "max_abs_diff": float(f"{parity.max_abs_diff:.4g}"),
                 "min_cosine": float(f"{parity.min_cosine:.9f}"),
             })
-        result = onnx_model.infer_shapes(onnx_ir.serde.serialize_model(graph), output)
+        result = onnx_model.infer_shapes_afresh(onnx_ir.serde.serialize_model(graph), output)
         new_domains = {o.domain for o in result.opset_import} - input_domains - STANDARD_DOMAINS
         if new_domains:
             raise BackendError(f"fuse emitted non-standard ops from {sorted(new_domains)}; "
@@ -108,7 +126,7 @@ class FuseStage:
         nodes_after = len(result.graph.node)
         artifact = Artifact(output, "onnx", model.inputs, onnx_model.graph_outputs(result),
                             tuple(files[1:]))
-        yield StageOutcome(artifact, checks=checks, metrics={
+        yield StageOutcome(artifact, checks=checks, warnings=warnings, metrics={
             "nodes_before": nodes_before, "nodes_after": nodes_after, "passes": rows,
             "skipped": list(settings.skip),
         })
