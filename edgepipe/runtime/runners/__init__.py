@@ -34,7 +34,7 @@ def make_runner(backend: str, model: Path | bytes | IrBytes, *, inputs: Sequence
     if backend == "onnxruntime":
         return OnnxRuntimeRunner(model, inputs, settings, threads=threads, name=name)
     if backend == "openvino":
-        return OpenVinoRunner(model, inputs, settings, precision, threads=threads, name=name)
+        return OpenVinoRunner(model, inputs, settings, precision, threads=threads, name=name, outputs=outputs)
     if backend == "tflite":
         return TfliteRunner(model, inputs, outputs, settings, threads=threads, name=name)
     if backend == "tensorrt":

@@ -85,14 +85,22 @@ class OpenVinoRunner(Runner):
     backend = "openvino"
 
     def __init__(self, model: Path | IrBytes, inputs: Sequence[Spec], settings: Mapping[str, Any],
-                 precision: str = "f32", *, threads: int | None = None, name: str | None = None) -> None:
+                 precision: str = "f32", *, threads: int | None = None, name: str | None = None,
+                 outputs: Sequence[Spec] = ()) -> None:
         super().__init__(inputs, name or (model.name if isinstance(model, Path) else "model.xml"))
         self.model, self.settings, self.precision, self.threads = model, dict(settings), precision, threads
+        self._expected = {spec["name"] for spec in outputs}
         self._request = None
+
+    def _output_name(self, names: set[str], index: int) -> str:
+        """A compiled output can carry several tensor names (a fused node keeps its inner ones);
+        the set's order changes with every process (string hashing), so the name is chosen: the
+        one the manifest expects, else the first in sorted order."""
+        return min(names & self._expected or names, default=f"output_{index}")
 
     def _activate(self) -> None:
         compiled = compile_model(self.model, self.settings, self.precision, self.threads, self.name)
-        self._names = [next(iter(o.get_names()), f"output_{i}") for i, o in enumerate(compiled.outputs)]
+        self._names = [self._output_name(set(o.get_names()), i) for i, o in enumerate(compiled.outputs)]
         self._request = compiled.create_infer_request()
         facts = ran_with(compiled)
         count = self.settings["threads"] if self.threads is None else self.threads
