@@ -16,8 +16,10 @@ from edgepipe.errors import BadInputError
 from edgepipe.runtime.feeds import parse_values
 
 _DIMS = r"\d+(?:x\d+)*"
-_SPEC = re.compile(rf"^(?P<name>[^:=]+)(?::(?P<dims>scalar|{_DIMS}(?:/{_DIMS}/{_DIMS})?)"
-                   r"(?::(?P<dtype>[a-z0-9]+))?)?(?:=(?P<values>[^=]+))?$")
+# The name may hold colons (tf2onnx names inputs "serving_default_x:0"): it is the shortest
+# prefix after which the rest parses, and a dtype starts with a letter, so "x:0:1x4" is x:0 at 1x4.
+_SPEC = re.compile(rf"^(?P<name>[^=]+?)(?::(?P<dims>scalar|{_DIMS}(?:/{_DIMS}/{_DIMS})?)"
+                   r"(?::(?P<dtype>[a-z][a-z0-9]*))?)?(?:=(?P<values>[^=]+))?$")
 EXAMPLE = "input:1x3x224x224"
 
 
