@@ -343,6 +343,9 @@ def test_cosine_does_not_judge_an_output_that_lies_within_atol_of_zero():
     noisy = faint + rng.standard_normal((1, 64)) * 1.5e-7
     report = compare_outputs([{"map": faint}], [{"map": noisy}], budget.atol, budget.rtol)
     assert report.min_cosine < 0.999 and report.violations(budget) == []
+    loose = AccuracyBudget(atol=1.0, rtol=0.0, min_cosine=0.99)  # within atol, but far apart
+    report = compare_outputs([{"map": faint * 1e5}], [{"map": faint[:, ::-1] * 1e5}], loose.atol, loose.rtol)
+    assert any("cosine" in v for v in report.violations(loose))
     strong = rng.random((1, 64))
     report = compare_outputs([{"map": strong}], [{"map": strong[:, ::-1].copy()}], budget.atol, budget.rtol)
     assert any("cosine" in v for v in report.violations(budget))
