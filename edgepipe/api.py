@@ -75,6 +75,7 @@ def build(
     eval_data: str | Path | None = None,
     train: str | Path | None = None,
     prune_ratio: float | None = None,
+    min_speedup: float | None = None,
     weights: Path | None = None,
     force: bool = False,
     trust_pickle: bool = False,
@@ -84,6 +85,7 @@ def build(
     encrypt: bool = False,
     encrypt_key: Path | None = None,
     on_stage: Callable[[StageReport], None] = lambda report: None,
+    on_progress: Callable[[str], None] = lambda message: None,
 ) -> BuildResult:
     """Compile `model` for `target` into a bundle folder; nothing is left behind on failure."""
     started = perf_counter()
@@ -101,6 +103,8 @@ def build(
     resolved_profile = with_skipped_passes(load_profile(profile or resolved_target.default_profile),
                                            skip_passes)
     resolved_profile = with_prune_ratio(resolved_profile, prune_ratio)
+    if not resolved_profile.candidates:
+        resolved_profile = with_min_speedup(resolved_profile, min_speedup)
     overrides = parse_input_specs(inputs)
     target_label = resolved_target.name if target.endswith(".toml") else target
     out = out or Path("dist") / f"{model_name(model)}-{target_label}"
@@ -108,9 +112,11 @@ def build(
         return _build_auto(model, target, resolved_target, resolved_profile, out, force=force,
                            calib=None if calib is None else str(calib), signing_key=signing_key,
                            common={"inputs": inputs, "eval_data": eval_data, "train": train,
-                                   "prune_ratio": prune_ratio, "weights": weights,
+                                   "prune_ratio": prune_ratio, "min_speedup": min_speedup,
+                                   "weights": weights,
                                    "trust_pickle": trust_pickle, "skip_passes": skip_passes,
-                                   "on_stage": on_stage, "portable": portable, "encrypt": encrypt,
+                                   "on_stage": on_stage, "on_progress": on_progress, "portable": portable,
+                                   "encrypt": encrypt,
                                    "encrypt_key": encrypt_key})
     backend = get_backend(resolved_target.backend)
     try:
@@ -143,7 +149,8 @@ def build(
                                    train=str(train) if train is not None else None,
                                    shape_ranges={name: o.shape_range for name, o in overrides.items()
                                                  if o.shape_range is not None},
-                                   notices=_unused_data(resolved_profile, eval_data, train))
+                                   notices=_unused_data(resolved_profile, eval_data, train),
+                                   progress=on_progress)
             result = run_stages(context, on_stage)
             manifest = write_bundle(
                 staging / "bundle", staging / "build", source=source, target=resolved_target,
@@ -254,6 +261,22 @@ def with_skipped_passes(profile: Profile, skip_passes: Sequence[str]) -> Profile
     except ValidationError as exc:
         raise BadInputError(describe_validation_error(exc, "--skip-pass")) from None
     return dataclasses.replace(profile, stage_settings={**profile.stage_settings, "fuse": merged})
+
+
+def with_min_speedup(profile: Profile, min_speedup: float | None) -> Profile:
+    """The profile with `--min-speedup` written into its quantize stage's budget."""
+    if min_speedup is None:
+        return profile
+    if "quantize" not in profile.stages:
+        raise BadInputError(f"--min-speedup: profile '{profile.name}' has no quantize stage")
+    quantize = profile.stage_settings["quantize"]
+    try:
+        budget = type(quantize.budget).model_validate({**quantize.budget.model_dump(),
+                                                       "min_speedup": min_speedup})
+    except ValidationError as exc:
+        raise BadInputError(describe_validation_error(exc, "--min-speedup")) from None
+    merged = quantize.model_copy(update={"budget": budget})
+    return dataclasses.replace(profile, stage_settings={**profile.stage_settings, "quantize": merged})
 
 
 def with_prune_ratio(profile: Profile, ratio: float | None) -> Profile:

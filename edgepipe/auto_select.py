@@ -55,11 +55,14 @@ def select(build: Build, model: str, *, target: Target, target_spec: str, profil
         if reason:
             rows.append({"profile": name, "status": "skipped", "reason": reason})
             continue
+        # --min-speedup is about the quantize stage: candidates without one build without it.
+        args = build_args if "quantize" in candidate.stages else {
+            key: value for key, value in build_args.items() if key != "min_speedup"}
         try:
             # A candidate may be a path to a profile file: its folder is named after its index.
             folder = re.sub(r"[^\w.-]", "_", f"{index}-{candidate.name}")
             result = build(model, target=target_spec, profile=name, out=work / folder, calib=calib,
-                           **build_args)
+                           **args)
         except GateFailedError as exc:  # over its budget: never shipped, whatever its speed
             rows.append({"profile": name, "status": "over budget", "reason": str(exc)})
             continue

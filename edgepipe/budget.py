@@ -49,3 +49,12 @@ def task_violations(base: Scores, base_metric: float | None, scores: Scores, bud
     if scores.mean_cosine is not None and not scores.mean_cosine >= budget.min_cosine:
         found.append(f"mean cosine vs {against} {scores.mean_cosine:.4f} < {budget.min_cosine:g}")
     return found
+
+
+def speed_violation(speedup: float, min_speedup: float, against: str) -> str | None:
+    """A candidate that is not faster than the model it replaces by `min_speedup` is not worth
+    its accuracy loss. `speedup` is the baseline's time over the candidate's."""
+    if min_speedup > 0 and not speedup >= min_speedup:
+        return (f"speed-up over {against} {speedup:.2f}x < {min_speedup:g}x (timed on this host, "
+                f"fresh processes in interleaved rounds)")
+    return None

@@ -87,24 +87,43 @@ def _quantize_section(stage: dict[str, Any]) -> list[str]:
                      f"{_score(s, 'metric', '.4g')} | {_score(s, 'mean_cosine', '.5f')} | "
                      f"{_score(s, 'min_cosine', '.5f')} | {_score(s, 'sqnr_db', '.1f')} | "
                      f"{_score(s, 'top1_agreement', '.3f')} |")
-    if m.get("latency_ms"):
-        lat = m["latency_ms"]
-        lines += ["", f"Latency on the target's runtime (median of 20 runs in the build process; bench/ "
-                      f"measures properly): float {lat['float']:.4f} ms → int8 {lat['int8']:.4f} ms."]
+    search = calibration.get("search")
+    if search:
+        tried = ", ".join(f"{method} {_metric(cosine, '.5f')}" for method, cosine in search["cosine"].items())
+        lines += ["", f"Ranges (`method = \"auto\"`): **{search['chosen']}**, the best {search['probe']} "
+                      f"of {tried}."]
+    corrected = m.get("bias_correction")
+    if corrected and corrected.get("layers"):
+        lines += ["", f"Bias correction: {corrected['layers']} layers' int32 biases corrected for the mean "
+                      f"shift of their rounded weights (input means from {corrected['samples']} calibration "
+                      f"samples; largest shift {corrected['largest_shift']:.4g})."]
+    if m.get("evaluation_overlap"):
+        lines += ["", f"Calibration and evaluation data: {m['evaluation_overlap']}."]
+    speed = m.get("int8_speed")
+    if speed and speed["measured"]:
+        host = speed["host"]
+        lines += ["", f"Speed on the target's runtime, on this host ({host.get('cpu')}, "
+                      f"{', '.join(host.get('cpu_features') or ['no AVX-512/VNNI/AMX'])}; "
+                      f"{speed['method']}): "
+                      f"float {speed['float_ms']:.4f} ms → int8 {speed['int8_ms']:.4f} ms, "
+                      f"**{speed['speedup']:.2f}x**."]
+    elif speed:
+        lines += ["", f"Speed not measured: {speed['reason']}."]
     budget = m["budget"]
     lines += ["", f"Budget: top-1 drop ≤ {budget['max_top1_drop']:g} points, metric drop ≤ "
-              f"{budget['max_metric_drop']:g}, mean cosine ≥ {budget['min_cosine']:g}; on exceed: "
-              f"{budget['on_exceed']}."]
+              f"{budget['max_metric_drop']:g}, mean cosine ≥ {budget['min_cosine']:g}, speed-up over "
+              f"float ≥ {budget.get('min_speedup', 0):g}x; on exceed: {budget['on_exceed']}."]
     if m["fallback"]:
-        timed = any("latency_cost_ms" in row for row in m["fallback"])
-        lines += ["", "Kept in float to meet the budget (worst first):", "",
-                  "| tensor | local SQNR dB | nodes kept in float | mean cosine after |"
-                  + (" latency cost ms |" if timed else ""),
-                  "|---|---:|---|---:|" + ("---:|" if timed else "")]
-        for row in m["fallback"]:
-            lines.append(f"| `{row['tensor']}` | {row['sqnr_db']} | {', '.join(row['nodes'])} | "
-                         f"{_metric(row['mean_cosine_after'], '.5f')} |"
-                         + _timed(row, "latency_cost_ms", "+.3f"))
+        lines += ["", "Fallback steps, each keeping one more tensor's nodes in float (accuracy on the "
+                      "evaluation data; speed-up over float timed only for steps within the accuracy "
+                      "budget):", "",
+                  "| step | tensor | local SQNR dB | nodes kept in float | mean cosine | top-1 agreement | "
+                  "speed-up |", "|---:|---|---:|---|---:|---:|---:|"]
+        for step, row in enumerate(m["fallback"], 1):
+            lines.append(f"| {step} | `{row['tensor']}` | {row['sqnr_db']} | {', '.join(row['nodes'])} | "
+                         f"{_metric(row['mean_cosine_after'], '.5f')} | "
+                         f"{_score(row, 'top1_agreement_after', '.3f')} | "
+                         f"{_score(row, 'speedup', '.2f')} |")
     if m["worst_layers"]:
         lines += ["", "Worst quantized tensors (local SQNR: the tensor against its own int8 copy):", "",
                   "| tensor | kind | scale | zero point | SQNR dB |", "|---|---|---:|---:|---:|"]

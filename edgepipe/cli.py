@@ -5,6 +5,7 @@ Progress and errors go to stderr so `--json` leaves stdout holding one JSON obje
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -131,6 +132,10 @@ def build(
              "present); default: the calibration data.")] = None,
     prune_ratio: Annotated[float | None, typer.Option(
         "--prune-ratio", help="Override the profile's [prune] ratio (0 <= ratio < 1).")] = None,
+    min_speedup: Annotated[float | None, typer.Option(
+        "--min-speedup", help="Override [quantize.budget] min_speedup: how many times faster than float "
+                              "int8 must run on this host to ship (0: not checked, e.g. when the "
+                              "target device is not this host).")] = None,
     weights: Annotated[Path | None, typer.Option(help="State dict for a file.py:factory model.")]
     = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle.")] = False,
@@ -179,12 +184,20 @@ def build(
             for warning in report.warnings:
                 err.print(f"  [yellow]warning:[/] {escape(warning)}", markup=True, highlight=False)
 
-        result = api.build(model, target=target, profile=profile, out=out, inputs=inputs or [],
-                           calib=calib, eval_data=eval_data, train=train, prune_ratio=prune_ratio,
-                           weights=weights, force=force, sign=sign, portable=portable, encrypt=encrypt,
-                           encrypt_key=encrypt_key,
-                           trust_pickle=trust_pickle,
-                           skip_passes=skip_pass or [], on_stage=on_stage)
+        # A transient status line on a terminal only: pipes, CI logs and --json get the stage
+        # lines (or the one JSON object) and nothing else.
+        live = err.is_terminal and not as_json
+        with err.status("building", spinner="dots") if live else contextlib.nullcontext() as status:
+            def on_progress(message: str) -> None:
+                if status is not None:
+                    status.update(escape(message))
+
+            result = api.build(model, target=target, profile=profile, out=out, inputs=inputs or [],
+                               calib=calib, eval_data=eval_data, train=train, prune_ratio=prune_ratio,
+                               min_speedup=min_speedup, weights=weights, force=force, sign=sign,
+                               portable=portable, encrypt=encrypt, encrypt_key=encrypt_key,
+                               trust_pickle=trust_pickle, skip_passes=skip_pass or [], on_stage=on_stage,
+                               on_progress=on_progress)
         if as_json:
             _print_json(result.summary)
             return

@@ -59,6 +59,8 @@ MEASURED = (
     "stages[].metrics.seconds_total",
     "stages[].metrics.latency_ms",
     "stages[].metrics.fallback[].latency_cost_ms",
+    "stages[].metrics.fallback[].speedup",
+    "stages[].metrics.int8_speed",
     "stages[].metrics.steps[].latency_ms",
     "stages[].metrics.latency_ratio",
     "stages[].metrics.finetune.seconds",

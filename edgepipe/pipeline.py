@@ -22,7 +22,7 @@ from time import perf_counter
 
 from edgepipe.artifact import Artifact, StageReport
 from edgepipe.backends import Runner, get_backend
-from edgepipe.budget import task_violations
+from edgepipe.budget import speed_violation, task_violations
 from edgepipe.config import AccuracyBudget
 from edgepipe.errors import GateFailedError
 from edgepipe.parity import ParityReport, compare_outputs
@@ -106,6 +106,11 @@ def accept(stage: Stage, model: Artifact, settings: object, ctx: BuildContext, o
                 break
             violations = task_violations(judged.baseline, judged.baseline_metric, judged.scores,
                                          judged.budget, judged.against)
+            if not violations and judged.speedup is not None and judged.min_speedup > 0:
+                speedup = judged.speedup()
+                slow = None if speedup is None else speed_violation(speedup, judged.min_speedup,
+                                                                    judged.against)
+                violations = [slow] if slow else []
             verdicts.append({"candidate": judged.label, "violations": violations})
             if not violations:
                 outcome.metrics["verdicts"] = verdicts

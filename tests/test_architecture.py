@@ -201,7 +201,8 @@ def _over_budget_profile(tmp_path: Path, engine: str, **budget: object) -> Path:
 ])
 def test_every_int8_engine_is_held_to_its_budget(cli, tmp_path, trained_digits, engine, target, budget):
     out = tmp_path / "b"
-    result = cli("build", DIGITS, "--weights", trained_digits["weights"], "--target", target,
+    result = cli("build", DIGITS, "--min-speedup", "0",
+                 "--weights", trained_digits["weights"], "--target", target,
                  "--profile", _over_budget_profile(tmp_path, engine, **budget),
                  "--calib", trained_digits["test"], "--eval", trained_digits["test"], "--out", out)
     assert result.exit_code == 1, result.stderr
@@ -236,7 +237,8 @@ def test_structured_prune_is_held_to_its_budget(cli, tmp_path, trained_digits):
         min_cosine = 0.999999
         """))
     out = tmp_path / "b"
-    result = cli("build", DIGITS, "--weights", trained_digits["weights"], "--profile", profile,
+    result = cli("build", DIGITS,
+                 "--weights", trained_digits["weights"], "--profile", profile,
                  "--calib", trained_digits["train"], "--eval", trained_digits["test"], "--out", out)
     assert result.exit_code == 1, result.stderr
     assert "pruning exceeds the budget (ratio 0.50)" in result.stderr.strip().splitlines()[-1]

@@ -28,7 +28,8 @@ def _quick_auto(tmp_path: Path, candidates: str = '["fp32", "bf16", "fp16", "int
 def test_auto_ships_the_fastest_candidate_within_budget(cli, tmp_path, trained_digits):
     pytest.importorskip("openvino")
     out = tmp_path / "b"
-    result = cli("build", DIGITS, "--weights", trained_digits["weights"], "--target", "openvino-cpu",
+    result = cli("build", DIGITS, "--min-speedup", "0",
+                 "--weights", trained_digits["weights"], "--target", "openvino-cpu",
                  "--profile", _quick_auto(tmp_path), "--calib", trained_digits["test"], "--out", out)
     assert result.exit_code == 0, result.stderr
     from edgepipe.manifest import full_manifest
@@ -51,7 +52,8 @@ def test_auto_ships_the_fastest_candidate_within_budget(cli, tmp_path, trained_d
 
 def test_auto_without_calibration_skips_int8_and_says_why(cli, tmp_path):
     out = tmp_path / "b"
-    result = cli("build", DIGITS, "--target", "onnxruntime-cpu", "--profile", _quick_auto(tmp_path),
+    result = cli("build", DIGITS, "--min-speedup", "0",
+                 "--target", "onnxruntime-cpu", "--profile", _quick_auto(tmp_path),
                  "--out", out)
     assert result.exit_code == 0, result.stderr
     rows = {r["profile"]: r for r in json.loads((out / "manifest.json").read_text())["auto"]["candidates"]}
@@ -62,7 +64,7 @@ def test_auto_without_calibration_skips_int8_and_says_why(cli, tmp_path):
 
 def test_auto_with_nothing_shippable_fails_naming_each_reason(cli, tmp_path):
     out = tmp_path / "b"
-    result = cli("build", DIGITS, "--target", "onnxruntime-cpu",
+    result = cli("build", DIGITS, "--min-speedup", "0", "--target", "onnxruntime-cpu",
                  "--profile", _quick_auto(tmp_path, '["fp16", "int8"]'), "--out", out)
     assert result.exit_code == 1
     last = result.stderr.strip().splitlines()[-1]

@@ -61,7 +61,8 @@ def test_fp32_weights_stay_fp32_in_the_ir(cli, tmp_path):
 
 def test_digits_int8_within_one_point(cli, tmp_path, trained_digits):
     out = tmp_path / "b"
-    result = cli("build", DIGITS, "--weights", trained_digits["weights"], "--target", "openvino-cpu",
+    result = cli("build", DIGITS, "--min-speedup", "0",
+                 "--weights", trained_digits["weights"], "--target", "openvino-cpu",
                  "--profile", "int8", "--calib", trained_digits["test"], "--eval", trained_digits["test"],
                  "--out", out)
     assert result.exit_code == 0, result.stderr
@@ -156,7 +157,8 @@ def test_the_other_int8_engine_stays_selectable(cli, tmp_path, trained_digits):
     profile.write_text('name = "e"\ndescription = "int8 by onnxruntime.quantization"\nextends = "int8"\n'
                        '[quantize]\nengine = "onnxruntime"\n')
     out = tmp_path / "b"
-    result = cli("build", DIGITS, "--weights", trained_digits["weights"], "--target", "openvino-cpu",
+    result = cli("build", DIGITS, "--min-speedup", "0",
+                 "--weights", trained_digits["weights"], "--target", "openvino-cpu",
                  "--profile", profile, "--calib", trained_digits["test"], "--out", out)
     assert result.exit_code == 0, result.stderr
     metrics = next(s for s in _manifest(out)["stages"] if s["stage"] == "quantize")["metrics"]
@@ -172,7 +174,8 @@ def test_int8_ir_of_each_example(cli, tmp_path, model):
     profile.write_text('name = "int8-short"\ndescription = "int8, fewer samples"\nextends = "int8"\n'
                        "[quantize]\ncalib_count = 32\neval_count = 16\n")
     out = tmp_path / "b"
-    result = cli("build", model, "--target", "openvino-cpu", "--profile", profile, "--calib", "random",
+    result = cli("build", model, "--min-speedup", "0",
+                 "--target", "openvino-cpu", "--profile", profile, "--calib", "random",
                  "--out", out)
     assert result.exit_code == 0, result.stderr
     metrics = next(s for s in _manifest(out)["stages"] if s["stage"] == "quantize")["metrics"]
@@ -195,7 +198,8 @@ def test_nncf_on_the_openvino_model_route(cli, tmp_path, trained_digits):
     import openvino as ov
 
     out = tmp_path / "b"
-    result = cli("build", DIGITS, "--weights", trained_digits["weights"], "--target", "openvino-cpu",
+    result = cli("build", DIGITS, "--min-speedup", "0",
+                 "--weights", trained_digits["weights"], "--target", "openvino-cpu",
                  "--profile", _engine_profile(tmp_path, "nncf-openvino"), "--calib", trained_digits["test"],
                  "--eval", trained_digits["test"], "--out", out)
     assert result.exit_code == 0, result.stderr
@@ -213,7 +217,7 @@ def test_nncf_on_the_openvino_model_route(cli, tmp_path, trained_digits):
 
 def test_nncf_accuracy_control_rescues_the_hostile_model(cli, tmp_path, trained_digits, hostile_onnx):
     out = tmp_path / "b"
-    result = cli("build", hostile_onnx, "--target", "openvino-cpu",
+    result = cli("build", hostile_onnx, "--target", "openvino-cpu", "--min-speedup", "0",
                  "--profile", _engine_profile(tmp_path, "nncf-openvino"), "--calib", trained_digits["test"],
                  "--eval", trained_digits["test"], "--out", out)
     assert result.exit_code == 0, result.stderr

@@ -87,8 +87,8 @@ def _loss(student_out, teacher_out, labels, settings: FinetuneSettings):
     return settings.alpha * distill + (1 - settings.alpha) * F.cross_entropy(s, labels)
 
 
-def distill(student, teacher, data: Callable[[], Iterator[Batch]],
-            settings: FinetuneSettings) -> dict[str, Any]:
+def distill(student, teacher, data: Callable[[], Iterator[Batch]], settings: FinetuneSettings,
+            on_epoch: Callable[[int], None] = lambda epoch: None) -> dict[str, Any]:
     """Fine-tune `student` in place; returns what happened, for the report."""
     import torch
 
@@ -98,6 +98,7 @@ def distill(student, teacher, data: Callable[[], Iterator[Batch]],
     steps, losses, labelled, seen = 0, [], False, 0
     started = perf_counter()
     for epoch in range(settings.epochs):
+        on_epoch(epoch)
         student.train()
         for batch in data():
             if len(batch.inputs[0]) < 2:

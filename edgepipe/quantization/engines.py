@@ -48,6 +48,7 @@ class Int8Job:
     only: tuple[str, ...] | None = None  # quantize only these nodes (transformer weight MatMuls)
     ranges: Path | None = None  # onnxruntime's calibration ranges
     probe: Sequence[Feed] = ()  # samples to rank tensors on
+    bias_correction: bool = True  # engines without their own (onnxruntime): ours, bias_correction.py
     # TFLite converters: the target's [lower], the torch source, the stages before
     tflite: dict[str, Any] = field(default_factory=dict)
 
@@ -80,12 +81,29 @@ class _RanksQdq:
 class OnnxRuntimeStatic(_RanksQdq):
     name = "onnxruntime"
     suffix = ".onnx"
+    BIAS_SAMPLES = 32  # input means settle well before this on ImageNet-style data
+
+    def __init__(self) -> None:
+        self._bias_samples: list[Feed] | None = None
 
     def write(self, job: Int8Job, kept_float: Sequence[str], path: Path) -> Artifact:
         assert job.ranges is not None
-        write_qdq(job.prepared, job.ranges, path, scheme=job.scheme, method=job.method,
+        written = path.with_name(path.stem + "-uncorrected.onnx") if job.bias_correction else path
+        write_qdq(job.prepared, job.ranges, written, scheme=job.scheme, method=job.method,
                   per_channel=job.per_channel, exclude=[*job.excluded, *kept_float], only=job.only)
-        return _qdq_artifact(path, job)
+        if not job.bias_correction:
+            return _qdq_artifact(path, job)
+        from itertools import islice
+
+        from edgepipe.quantization.bias_correction import correct_biases
+
+        if self._bias_samples is None:
+            self._bias_samples = list(islice(job.samples(), self.BIAS_SAMPLES))
+        facts = correct_biases(job.prepared, written, self._bias_samples, path)
+        written.unlink()
+        artifact = _qdq_artifact(path, job)
+        return Artifact(artifact.path, artifact.format, artifact.inputs, artifact.outputs,
+                        facts={"bias_correction": facts})
 
 
 class OnnxRuntimeDynamic:

@@ -9,8 +9,10 @@ and the histogram methods merge histograms between chunks, so memory stays flat.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from pathlib import Path
 from typing import Any, Literal
@@ -19,15 +21,113 @@ import numpy as np
 
 from edgepipe.errors import BackendError, first_line
 
-Method = Literal["minmax", "entropy", "percentile"]
+Method = Literal["auto", "minmax", "entropy", "percentile", "mse"]
+SEARCHED = ("minmax", "percentile", "mse")  # what `auto` chooses among, from one histogram pass
 CHUNK = 16
+MSE_BINS = 2048
+MSE_SHRINK = np.linspace(0.25, 1.0, 31)  # candidate range ends, as fractions of the observed extremes
 
 
 def ort_method(method: Method):
     from onnxruntime.quantization import CalibrationMethod
 
+    # mse and auto ranges are computed here from ORT's histograms and stored as plain min/max ranges.
     return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-            "percentile": CalibrationMethod.Percentile}[method]
+            "percentile": CalibrationMethod.Percentile, "mse": CalibrationMethod.MinMax,
+            "auto": CalibrationMethod.MinMax}[method]
+
+
+def _collector_method(method: Method):
+    """What ORT's calibrator collects for `method`: value histograms (entropy's) for mse."""
+    from onnxruntime.quantization import CalibrationMethod
+
+    return CalibrationMethod.Entropy if method in ("mse", "auto") else ort_method(method)
+
+
+def mse_range(hist: np.ndarray, edges: np.ndarray, lowest: float, highest: float, *,
+              symmetric: bool) -> tuple[float, float]:
+    """The range [lo, hi] (containing 0) whose int8 quantization has the least expected squared
+    error on this histogram: clipping error outside, rounding noise (step^2 / 12) inside.
+
+    Per tensor, this is the choice between min-max (no clipping, coarse steps) and a clipped
+    range (outliers saturate, the bulk gets finer steps) that percentile and entropy make with
+    one fixed rule for every tensor. Written here because onnxruntime.quantization has no MSE
+    calibrator; NNCF's MSE range estimator does the same on its own engines.
+    """
+    counts = hist.astype(np.float64)
+    centers = (edges[:-1].astype(np.float64) + edges[1:]) / 2
+    if counts.sum() == 0 or not highest > lowest:
+        return lowest, highest
+    if symmetric:
+        bound = max(abs(lowest), abs(highest))
+        los, his = -bound * MSE_SHRINK, bound * MSE_SHRINK
+        levels = 254.0
+    else:
+        low_ends = min(lowest, 0.0) * MSE_SHRINK if lowest < 0 else np.zeros(1)
+        high_ends = max(highest, 0.0) * MSE_SHRINK if highest > 0 else np.zeros(1)
+        los, his = (grid.ravel() for grid in np.meshgrid(low_ends, high_ends))
+        levels = 255.0
+    keep = his > los
+    los, his = los[keep], his[keep]
+    steps = (his - los) / levels
+    clipped = np.clip(centers[None, :], los[:, None], his[:, None])
+    inside = (centers[None, :] >= los[:, None]) & (centers[None, :] <= his[:, None])
+    error = ((clipped - centers[None, :]) ** 2 * counts[None, :]).sum(axis=1) \
+        + (inside * counts[None, :]).sum(axis=1) * steps ** 2 / 12
+    best = int(np.argmin(error))
+    return float(los[best]), float(his[best])
+
+
+def percentile_range(hist: np.ndarray, edges: np.ndarray, lowest: float, highest: float, *,
+                     percentile: float, symmetric: bool) -> tuple[float, float]:
+    """ORT's percentile rule (the magnitude below which `percentile` % of values lie) read off a
+    signed histogram over [-T, T]."""
+    counts = np.asarray(hist, np.float64)
+    half = len(counts) // 2
+    magnitude = counts[half:] + counts[:half][::-1]
+    if magnitude.sum() == 0:
+        return lowest, highest
+    cumulative = np.cumsum(magnitude) / magnitude.sum()
+    index = min(int(np.searchsorted(cumulative, percentile / 100.0)), half - 1)
+    threshold = float(np.asarray(edges)[half + index + 1])
+    if symmetric:
+        return -threshold, threshold
+    return max(lowest, -threshold), min(highest, threshold)
+
+
+def _ranges_from_histograms(histograms: dict[str, tuple], method: str, *, symmetric: bool,
+                            percentile: float):
+    from onnxruntime.quantization import CalibrationMethod
+    from onnxruntime.quantization.calibrate import TensorsData
+
+    data = {}
+    for name, (hist, edges, lowest, highest, *_rest) in histograms.items():
+        hist, edges, lowest, highest = np.asarray(hist), np.asarray(edges), float(lowest), float(highest)
+        if method == "mse":
+            lo, hi = mse_range(hist, edges, lowest, highest, symmetric=symmetric)
+        elif method == "percentile":
+            lo, hi = percentile_range(hist, edges, lowest, highest, percentile=percentile,
+                                      symmetric=symmetric)
+        else:
+            bound = max(abs(lowest), abs(highest))
+            lo, hi = (-bound, bound) if symmetric else (lowest, highest)
+        data[name] = (np.array(lo, np.float32), np.array(hi, np.float32))
+    return TensorsData(CalibrationMethod.MinMax, data)
+
+
+def candidate_caches(cache: Path, histograms: dict[str, tuple], *, symmetric: bool,
+                     percentile: float) -> dict[str, Path]:
+    """`auto`: one range set per SEARCHED method, each an ORT cache beside `cache`, all from the
+    histograms one calibration pass collected (nothing re-run)."""
+    from onnxruntime.quantization.calibrate import save_tensors_data
+
+    paths = {}
+    for method in SEARCHED:
+        path = cache.with_name(f"{cache.stem}-{method}{cache.suffix}")
+        save_tensors_data(_ranges_from_histograms(histograms, method, symmetric=symmetric,
+                                                  percentile=percentile), path)
+        paths[method] = path
+    return paths
 
 
 class _ChunkReader:
@@ -47,31 +147,49 @@ def _chunks(samples: Iterable[dict[str, np.ndarray]], size: int) -> Iterator[lis
 
 
 def calibrate(model: Path, samples: Iterable[dict[str, np.ndarray]], cache: Path, *, method: Method,
-              percentile: float, symmetric: bool) -> dict[str, Any]:
+              percentile: float, symmetric: bool,
+              on_chunk: Callable[[int], None] = lambda done: None) -> dict[str, Any]:
     """Write ONNX Runtime's calibration cache (JSON ranges) for `model`; return counts.
 
-    Returns {"samples": n, "tensors": m}.
+    Returns {"samples": n, "tensors": m, "histograms": …}: the value histograms of `mse`/`auto`
+    (for `candidate_caches`), else None.
     """
     from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
     options: dict[str, Any] = {"symmetric": symmetric}
+    histograms = None
     if method == "percentile":
         options["percentile"] = percentile
+    if method in ("mse", "auto"):
+        options["num_bins"] = MSE_BINS
     count = 0
     with tempfile.TemporaryDirectory(prefix="edgepipe-calib-") as work:
         try:
             calibrator = create_calibrator(model, None, str(Path(work) / "augmented.onnx"),
-                                           calibrate_method=ort_method(method), extra_options=options)
+                                           calibrate_method=_collector_method(method), extra_options=options)
         except Exception as exc:
             raise BackendError(f"onnxruntime cannot prepare {model.name} for calibration: "
                                f"{first_line(exc)}") from None
         for chunk in _chunks(samples, CHUNK):
-            calibrator.collect_data(_ChunkReader(chunk))
+            # The histogram calibrators print a line per call on stdout, which --json keeps for
+            # one JSON object.
+            with contextlib.redirect_stdout(io.StringIO()):
+                calibrator.collect_data(_ChunkReader(chunk))
             count += len(chunk)
-        ranges = calibrator.compute_data()
+            on_chunk(count)
+        if method in ("mse", "auto"):
+            if calibrator.collector is None:
+                raise BackendError(f"no calibration samples reached {model.name}")
+            histograms = calibrator.collector.histogram_dict
+            # auto's own cache holds min-max ranges until the stage has chosen.
+            ranges = _ranges_from_histograms(histograms, "mse" if method == "mse" else "minmax",
+                                             symmetric=symmetric, percentile=percentile)
+        else:
+            with contextlib.redirect_stdout(io.StringIO()):
+                ranges = calibrator.compute_data()
         del calibrator
     save_tensors_data(ranges, cache)
-    return {"samples": count, "tensors": len(ranges.data)}
+    return {"samples": count, "tensors": len(ranges.data), "histograms": histograms}
 
 
 def load_ranges(cache: Path) -> dict[str, tuple[float, float]]:

@@ -14,8 +14,11 @@ import re
 import struct
 from pathlib import Path
 
+# The header names a calibrator TensorRT knows; ranges it has no calibrator for (percentile, mse,
+# auto's choice) are written under its default, entropy: TensorRT reads the scales either way.
 CALIBRATORS = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration",
-               "percentile": "EntropyCalibration2"}
+               "percentile": "EntropyCalibration2", "mse": "EntropyCalibration2",
+               "auto": "EntropyCalibration2"}
 _HEADER = re.compile(r"^TRT-(\d+)-(\w+)$")
 
 

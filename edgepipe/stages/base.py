@@ -36,6 +36,9 @@ class BuildContext:
     shape_ranges: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = field(
         default_factory=dict)
     notices: tuple[str, ...] = ()  # about the build as a whole; reported with the first stage
+    # What a long stage is doing now ("quantize: fallback step 3 of 8"), for a terminal's status
+    # line; the CLI shows it only on a TTY and never with --json.
+    progress: Callable[[str], None] = field(default=lambda message: None)
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,11 @@ class Judgement:
     subject: str  # what exceeds the budget: "int8 quantization", "pruning"
     context: str = ""  # after the subject: " (ratio 0.75)", " even with 3 nodes kept in float"
     remedy: str = ""  # what the user can do when no candidate is left
+    # Speed-up over the baseline, measured only for a candidate within its accuracy budget
+    # (timing costs seconds); None where this host cannot time the target. Judged against
+    # `min_speedup` (0: not judged).
+    speedup: Callable[[], float | None] | None = None
+    min_speedup: float = 0.0
 
 
 @dataclass(frozen=True)

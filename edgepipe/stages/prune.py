@@ -229,12 +229,15 @@ class PruneStage:
             attempt = len(metrics["tried"]) + 1
             current = replace(plan, ratio=plan.ratio * scale,
                               layer_ratios={k: v * scale for k, v in plan.layer_ratios.items()})
+            ctx.progress(f"prune: ratio {current.ratio:.2f}, attempt {attempt}")
             pruned = prune_channels(module, example, current, gradients)
             path = export_module(pruned, ctx, export_settings, work / f"pruned-{attempt}.onnx").path
             step = self._step(f"pruned (ratio {current.ratio:.2f})", path, evaluator, ctx, feed)
             attempt_steps = [step]
             if settings.finetune.epochs and train is not None:
-                history = distill(pruned, module, data, settings.finetune)
+                history = distill(pruned, module, data, settings.finetune,
+                                  on_epoch=lambda epoch: ctx.progress(
+                                      f"prune: distilling, epoch {epoch + 1} of {settings.finetune.epochs}"))
                 path = export_module(pruned, ctx, export_settings, work / f"finetuned-{attempt}.onnx").path
                 step = self._step("pruned + distilled", path, evaluator, ctx, feed)
                 attempt_steps.append(step)

