@@ -502,3 +502,32 @@ def inspect(spec: str, *, trust_pickle: bool = False) -> dict[str, Any]:
     return {"kind": source.kind, "path": spec, "size_bytes": size,
             "class": type(module).__name__, "inputs": inputs,
             "parameters": sum(p.numel() for p in module.parameters())}
+
+
+def layer_diff(source: Path, bundle: Path, *, data: str | None = None, samples: int = 8, seed: int = 0,
+               html: Path | None = None) -> dict[str, Any]:
+    """Per-layer error of a bundle against its float ONNX source (edgepipe diff)."""
+    from itertools import islice
+
+    from edgepipe import layer_diff as differ
+    from edgepipe.artifact import TensorSpec
+    from edgepipe.runtime.bundle import load_manifest
+    from edgepipe.runtime.feeds import random_inputs
+
+    if samples < 1:
+        raise BadInputError("--samples must be at least 1")
+    if not source.is_file():
+        raise BadInputError(f"{source}: no such file")
+    manifest = load_manifest(bundle)
+    if data is None:
+        feeds = [random_inputs(manifest["inputs"], seed + index) for index in range(samples)]
+    else:
+        specs = tuple(TensorSpec(s["name"], tuple(s["shape"]), s["dtype"], s.get("layout"), s.get("values"))
+                      for s in manifest["inputs"])
+        feeds = list(islice(open_samples(data, specs, flag="--data", seed=seed).samples(samples), samples))
+    with tempfile.TemporaryDirectory(prefix="edgepipe-diff-") as work:
+        result = differ.diff(source, bundle, feeds, Path(work))
+    result["data"] = data or f"{samples} seeded random inputs"
+    if html is not None:
+        differ.write_html(result, html)
+    return result

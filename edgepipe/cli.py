@@ -337,6 +337,48 @@ def verify(
             raise typer.Exit(1)
 
 
+@app.command("diff")
+def diff_command(
+    source: Annotated[Path, typer.Argument(help="The float ONNX model the bundle was built from.")],
+    bundle: Annotated[Path, typer.Argument(help="A bundle folder (ONNX Runtime or OpenVINO).")],
+    data: Annotated[str | None, typer.Option(
+        help="Inputs to compare on: .npy/.npz, an image folder, file.py:fn (default: seeded random "
+             "inputs; int8 errors show best on real data).")] = None,
+    samples: Annotated[int, typer.Option(help="How many inputs.")] = 8,
+    html: Annotated[Path | None, typer.Option(
+        help="Also write an HTML page with the error along the depth of the network.")] = None,
+    top: Annotated[int, typer.Option(help="Rows of the worst tensors to print.")] = 10,
+    as_json: JsonOption = False,
+    debug: DebugOption = False,
+) -> None:
+    """Which layer loses the accuracy: each tensor of the bundle's model against the float source."""
+    from edgepipe import api
+
+    with _errors_to_exit_codes(debug, as_json):
+        if html is not None:
+            require("matplotlib", "edgepipe diff --html")
+        result = api.layer_diff(source, bundle, data=data, samples=samples, html=html)
+        if as_json:
+            _print_json(result)
+            return
+        console = _stdout()
+        console.print(f"{result['compared']} of {result['of']} tensors of {source.name} found in the "
+                      f"{result['backend']} model, compared on {result['data']}", markup=False)
+        first = result["first_jump"]
+        if first:
+            console.print(f"first layer where the error jumps: {first['tensor']} ({first['op_type']}, "
+                          f"{first['jump_db']} dB lost, SQNR {first['sqnr_db']} dB)", markup=False)
+        else:
+            console.print("no layer loses 6 dB or more of SQNR", markup=False)
+        table = Table("depth", "tensor", "op", "SQNR dB", "cosine", "jump dB", title="largest jumps")
+        for row in result["largest_jumps"][:top]:
+            table.add_row(str(row["depth"]), escape(row["tensor"]), row["op_type"], str(row["sqnr_db"]),
+                          str(row["cosine"]), str(row["jump_db"]))
+        console.print(table)
+        if html is not None:
+            console.print(f"written to {html}", markup=False)
+
+
 @app.command()
 def profile(
     bundle: Annotated[Path, typer.Argument(help="A bundle folder.")],

@@ -176,3 +176,55 @@ def test_progress_on_a_terminal_and_nowhere_else(tmp_path, trained_digits):
     assert "quantize:" not in piped.stderr and "\x1b[" not in piped.stderr
     as_json = run_edgepipe(*args, "--json", "--out", tmp_path / "json")
     assert as_json.returncode == 0 and json.loads(as_json.stdout)["bundle"]
+
+
+def _diff_profile(tmp_path: Path) -> Path:
+    """int8 with every layer quantized and any accuracy accepted: the hostile model ships broken."""
+    path = tmp_path / "int8-broken.toml"
+    path.write_text('name = "int8-broken"\ndescription = "x"\nextends = "int8"\n'
+                    '[quantize]\nmethod = "minmax"\n'
+                    "[quantize.budget]\nmin_cosine = -1\nmax_top1_drop = 100\nmin_speedup = 0\n"
+                    "max_fallback = 0\n")
+    return path
+
+
+@pytest.mark.parametrize("target", ["onnxruntime-cpu", "openvino-cpu"])
+def test_diff_points_at_the_layer_that_breaks_int8(cli, tmp_path, trained_digits, hostile_onnx, target):
+    """The hostile digits CNN has one outlier channel in its first convolution's output that sets
+    the per-tensor int8 range and crushes every other channel: diff must name that tensor."""
+    out = tmp_path / "b"
+    built = cli("build", hostile_onnx, "--target", target, "--profile", _diff_profile(tmp_path),
+                "--calib", trained_digits["train"], "--eval", trained_digits["test"], "--out", out)
+    assert built.exit_code == 0, built.stderr
+    html = tmp_path / "diff.html"
+    result = cli("diff", hostile_onnx, out, "--data", trained_digits["test"], "--samples", "16",
+                 "--html", html, "--json")
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["backend"] == ("onnxruntime" if target == "onnxruntime-cpu" else "openvino")
+    # ONNX Runtime fuses Conv+Relu into QLinearConv: the Relu outputs, the pooling and the logits
+    # remain to compare; OpenVINO keeps more.
+    assert data["compared"] >= 3 and data["samples"] == 16
+    depths = [row["depth"] for row in data["tensors"]]
+    assert depths == sorted(depths)
+    assert all(-1.0001 <= row["cosine"] <= 1.0001 for row in data["tensors"])
+    first = data["first_jump"]
+    # The first block (the outlier convolution, or the Relu that carries its output once fused).
+    first_block = ("/features/features.0/", "/features/features.2/")
+    assert first is not None and first["node"].startswith(first_block), data["largest_jumps"]
+    page = html.read_text()
+    assert page.startswith("<!doctype html>") and "<svg" in page and first["tensor"] in page
+    # The same on a terminal: the first jump in words.
+    text = cli("diff", hostile_onnx, out, "--data", trained_digits["test"])
+    assert text.exit_code == 0 and "first layer where the error jumps" in text.stdout
+
+
+def test_diff_refuses_what_it_cannot_map(cli, tmp_path, digits_bundle, digits_onnx):
+    missing = cli("diff", tmp_path / "nope.onnx", digits_bundle)
+    assert missing.exit_code == 2 and "no such file" in missing.stderr
+    not_a_bundle = cli("diff", digits_onnx, tmp_path)
+    assert not_a_bundle.exit_code == 2 and "manifest.json" in not_a_bundle.stderr
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x00not onnx")
+    bad = cli("diff", garbage, digits_bundle)
+    assert bad.exit_code == 2 and "not an ONNX model" in bad.stderr

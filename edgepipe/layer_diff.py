@@ -1,0 +1,324 @@
+"""`edgepipe diff SOURCE BUNDLE`: which layer loses the accuracy, on the runtime the device uses.
+
+Every vendor tool answers "which layer kills my int8 accuracy?" for its own runtime only
+(ONNX Runtime's qdq_loss_debug for QDQ models, OpenVINO's accuracy checker, TensorRT's
+Polygraphy). This compares the float source model's intermediate tensors with the same
+tensors of what a bundle runs, by name, in the float model's topological order: ONNX Runtime
+bundles (their QDQ model, with the target's session settings) and OpenVINO bundles (the IR,
+compiled with the target's settings; OpenVINO keeps ONNX tensor names on the ops it converts).
+A tensor the runtime quantizes is compared as the next layer sees it: dequantized.
+
+TFLite bundles are refused: the converters rename every tensor, so nothing maps by name.
+The bundle is data: its manifest and model file are read, nothing in it is imported or run
+as code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgepipe.errors import BadInputError
+
+JUMP_DB = 6.0  # an SQNR fall this large from a layer's inputs to its output marks where error arises
+# What int8 rounding of a well-ranged tensor leaves (8 bits, ~6 dB each, less the crest of real
+# activations): an exact input counts as this, so a first layer that merely rounds is no jump.
+EXACT_DB = 40.0
+Feed = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class TensorDiff:
+    name: str
+    node: str
+    op_type: str
+    depth: int  # position in the float model's topological order
+    sqnr_db: float
+    cosine: float
+    max_abs: float
+    jump_db: float  # SQNR lost from this node's inputs (the worst of them) to its output
+
+    def to_json(self) -> dict[str, Any]:
+        def finite(value: float) -> float | str:
+            return round(value, 4) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
+
+        return {"tensor": self.name, "node": self.node, "op_type": self.op_type, "depth": self.depth,
+                "sqnr_db": finite(self.sqnr_db), "cosine": finite(self.cosine),
+                "max_abs_diff": finite(self.max_abs), "jump_db": finite(self.jump_db)}
+
+
+def _float_tensors(model) -> list[tuple[str, Any]]:
+    """(tensor name, producing node) for every float node output, in topological order."""
+    import onnx
+
+    typed = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.value_info, *model.graph.output)}
+    found = []
+    for node in model.graph.node:
+        for name in node.output:
+            if name and typed.get(name, onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT:
+                found.append((name, node))
+    return found
+
+
+def _with_outputs(model, names: Sequence[str]) -> bytes:
+    import onnx
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    existing = {o.name for o in copy.graph.output}
+    copy.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in existing)
+    return copy.SerializeToString()
+
+
+def _run_source(model, names: Sequence[str], feeds: Sequence[Feed]) -> list[dict[str, np.ndarray]]:
+    from edgepipe.backends.onnxruntime import exact_runner
+    from edgepipe.onnx_model import graph_inputs
+
+    with exact_runner(_with_outputs(model, names), graph_inputs(model), name="source") as runner:
+        return [runner.infer(feed) for feed in feeds]
+
+
+def _dequantized_names(model) -> dict[str, str]:
+    """float tensor -> the DequantizeLinear output carrying it after its QuantizeLinear."""
+    quantized = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    return {quantized[n.input[0]]: n.output[0] for n in model.graph.node
+            if n.op_type == "DequantizeLinear" and n.input[0] in quantized}
+
+
+def _quantization_of(model) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """An int8 tensor -> (scale, zero point), read where it is consumed: DequantizeLinear and
+    every QLinear* op take an int8 input followed by its scale and zero point."""
+    from onnx import numpy_helper
+
+    constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for node in model.graph.node:
+        if node.op_type != "DequantizeLinear" and not node.op_type.startswith("QLinear"):
+            continue
+        inputs = list(node.input)
+        for index, name in enumerate(inputs[:-2]):
+            scale, zero = inputs[index + 1], inputs[index + 2]
+            if name and name not in constants and scale in constants and zero in constants:
+                found.setdefault(name, (constants[scale], constants[zero]))
+    return found
+
+
+def _run_onnxruntime(artifact: Path, manifest: dict[str, Any], names: Sequence[str],
+                     feeds: Sequence[Feed]) -> list[dict[str, np.ndarray]]:
+    """ONNX Runtime's offline optimization fuses QDQ into QLinearConv/QLinearAdd: a float tensor
+    X then exists only as the int8 X_QuantizeLinear_Output, dequantized here with its own scale."""
+    import onnx
+
+    from edgepipe.runtime.runners import make_runner
+
+    model = onnx.load(str(artifact))
+    dequantized = _dequantized_names(model)
+    quantization = _quantization_of(model)
+    present = {out for node in model.graph.node for out in node.output}
+    wanted: dict[str, str] = {}
+    for name in names:
+        for inner in (dequantized.get(name), name, f"{name}_QuantizeLinear_Output"):
+            if inner in present and (inner != f"{name}_QuantizeLinear_Output" or inner in quantization):
+                wanted[name] = inner
+                break
+    runner = make_runner("onnxruntime", _with_outputs(model, list(wanted.values())),
+                         inputs=manifest["inputs"], outputs=[], settings=manifest["backend"]["runtime"],
+                         name=artifact.name)
+    with runner:
+        results = [runner.infer(feed) for feed in feeds]
+
+    def value(inner: str, array: np.ndarray) -> np.ndarray:
+        if inner not in quantization or array.dtype.kind == "f":
+            return array
+        scale, zero = quantization[inner]
+        return (array.astype(np.float64) - zero.astype(np.float64)) * scale.astype(np.float64)
+
+    return [{name: value(inner, values[inner]) for name, inner in wanted.items() if inner in values}
+            for values in results]
+
+
+def _run_openvino(artifact: Path, manifest: dict[str, Any], names: Sequence[str], feeds: Sequence[Feed],
+                  work: Path) -> list[dict[str, np.ndarray]]:
+    from edgepipe.extras import require
+    from edgepipe.runtime.runners.openvino import compile_model
+
+    ov = require("openvino", "edgepipe diff on an OpenVINO bundle")
+    model = ov.Core().read_model(str(artifact))
+    order = {name: index for index, name in enumerate(names)}
+    by_name = {}
+    for op in model.get_ordered_ops():
+        for port in op.outputs():
+            # A fused op keeps the names of what it absorbed (a Conv's output also named after the
+            # Clip folded into the FakeQuantize after it): the port stands for the last of them.
+            known = [n for n in port.get_names() if n in order]
+            if not known:
+                continue
+            name = max(known, key=order.__getitem__)
+            consumers = [target.get_node() for target in port.get_target_inputs()]
+            if len(consumers) == 1 and consumers[0].get_type_name() == "FakeQuantize":
+                port = consumers[0].output(0)  # as the next layer sees it: quantized
+            by_name.setdefault(name, port)
+    # One output per port, and none for a port that already is a model output: add_outputs
+    # merges those, which would shift every later position.
+    already = len(model.outputs)
+    existing = {}
+    for position, output in enumerate(model.outputs):
+        for tensor_name in output.get_names():
+            existing[tensor_name] = position
+    seen: set[tuple[str, int]] = set()
+    wanted, index = [], {}
+    for name in names:
+        port = by_name.get(name)
+        if port is None:
+            continue
+        if any(target.get_node().get_type_name() == "Result" for target in port.get_target_inputs()):
+            shared = [existing[n] for n in port.get_names() if n in existing]
+            if shared:
+                index[name] = shared[0]
+            continue
+        key = (port.get_node().get_friendly_name(), port.get_index())
+        if key not in seen:
+            seen.add(key)
+            wanted.append(name)
+    if wanted:
+        model.add_outputs([by_name[name] for name in wanted])
+    # Added outputs come after the model's own, in the order given; saving keeps that order.
+    index.update({name: already + position for position, name in enumerate(wanted)})
+    probe = work / "diff.xml"
+    ov.save_model(model, str(probe), compress_to_fp16=False)
+    compiled = compile_model(probe, manifest["backend"]["runtime"],
+                             manifest["backend"].get("precision", "f32"), name=artifact.name)
+    if len(compiled.outputs) != already + len(wanted):
+        index = {}  # OpenVINO merged outputs: nothing can be attributed safely
+    request = compiled.create_infer_request()
+    results = []
+    for feed in feeds:
+        produced = request.infer(dict(feed))
+        values = list(produced.values())
+        results.append({name: np.asarray(values[position]) for name, position in index.items()})
+    return results
+
+
+def _compare(reference: np.ndarray, value: np.ndarray) -> tuple[float, float, float]:
+    """(SQNR dB, cosine, max |difference|) of samples stacked on axis 0. SQNR is the mean over
+    channels (sensitivity.py's measure): one outlier channel that sets an int8 range crushes the
+    others while the power-weighted SQNR, dominated by the outlier, still looks fine."""
+    from edgepipe.quantization.sensitivity import _channel_axis, _channel_mean_db, _per_channel_power
+
+    ref, got = reference.astype(np.float64), value.astype(np.float64)
+    axis = _channel_axis(ref.ndim)
+    sqnr = _channel_mean_db(_per_channel_power(ref, axis), _per_channel_power(ref - got, axis))
+    flat_ref, flat_got = ref.ravel(), got.ravel()
+    noise = float(np.sum((flat_ref - flat_got) ** 2))
+    norms = float(np.linalg.norm(flat_ref) * np.linalg.norm(flat_got))
+    cosine = float(np.dot(flat_ref, flat_got) / norms) if norms > 0 else (1.0 if noise == 0 else 0.0)
+    return sqnr, cosine, float(np.max(np.abs(flat_ref - flat_got))) if flat_ref.size else 0.0
+
+
+def diff(source: Path, bundle: Path, feeds: Sequence[Feed], work: Path) -> dict[str, Any]:
+    """Per-tensor error of the bundle against the float source, in the source's order."""
+    import onnx
+
+    from edgepipe.runtime.bundle import inside, load_manifest
+
+    manifest = load_manifest(bundle)
+    backend = manifest["backend"]["name"]
+    if manifest["backend"].get("encrypted") or manifest.get("encryption"):
+        raise BadInputError(f"{bundle}: an encrypted bundle's model cannot be compared layer by layer")
+    if backend not in ("onnxruntime", "openvino"):
+        raise BadInputError(f"edgepipe diff compares ONNX Runtime and OpenVINO bundles; {bundle} is a "
+                            f"{backend} bundle, whose converter renames every tensor, so no layer maps by "
+                            "name")
+    try:
+        model = onnx.load(str(source))
+    except Exception as exc:  # onnx raises DecodeError, OSError and others for a bad file
+        raise BadInputError(f"{source}: not an ONNX model ({type(exc).__name__})") from None
+    tensors = _float_tensors(model)
+    names = [name for name, _ in tensors]
+    artifact = inside(bundle, manifest["backend"]["artifact"])
+    if backend == "onnxruntime":
+        device = _run_onnxruntime(artifact, manifest, names, feeds)
+    else:
+        device = _run_openvino(artifact, manifest, names, feeds, work)
+    reference = _run_source(model, names, feeds)
+    rows: list[TensorDiff] = []
+    by_name: dict[str, TensorDiff] = {}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    nearest: dict[str, float] = {}
+
+    def upstream_sqnr(tensor: str) -> float:
+        """SQNR of the nearest compared ancestors (the worst of them); a graph input or weight is
+        exact (inf). A tensor the runtime fused away is looked through, not taken as exact."""
+        if tensor in by_name:
+            return by_name[tensor].sqnr_db
+        if tensor not in nearest:
+            node = producers.get(tensor)
+            nearest[tensor] = min((upstream_sqnr(i) for i in node.input if i), default=math.inf) \
+                if node is not None else math.inf
+        return nearest[tensor]
+
+    for depth, (name, node) in enumerate(tensors):
+        pairs = [(ref[name], got[name]) for ref, got in zip(reference, device, strict=True)
+                 if name in got and name in ref and np.shape(ref[name]) == np.shape(got[name])]
+        if not pairs:
+            continue
+        sqnr, cosine, max_abs = _compare(np.concatenate([np.asarray(r) for r, _ in pairs]),
+                                         np.concatenate([np.asarray(g) for _, g in pairs]))
+        before = min((upstream_sqnr(i) for i in node.input if i), default=math.inf)
+        jump = min(before, EXACT_DB) - sqnr if math.isfinite(sqnr) else 0.0
+        row = TensorDiff(name, node.name or node.op_type, node.op_type, depth, sqnr, cosine, max_abs, jump)
+        rows.append(row)
+        by_name[name] = row
+    if not rows:
+        raise BadInputError(f"no tensor of {source.name} was found in {bundle}'s {backend} model: was the "
+                            "bundle built from this source?")
+    finite_jumps = [r for r in rows if math.isfinite(r.jump_db)]
+    first_jump = next((r for r in rows if math.isfinite(r.jump_db) and r.jump_db >= JUMP_DB), None)
+    return {"source": str(source), "bundle": str(bundle), "backend": backend, "samples": len(feeds),
+            "compared": len(rows), "of": len(tensors),
+            "first_jump": first_jump.to_json() if first_jump else None,
+            "largest_jumps": [r.to_json() for r in sorted(finite_jumps, key=lambda r: -r.jump_db)[:5]],
+            "tensors": [r.to_json() for r in rows]}
+
+
+def write_html(result: dict[str, Any], path: Path) -> Path:
+    """One self-contained page: SQNR along the depth of the network, and the table."""
+    import html
+
+    from edgepipe.extras import require
+    from edgepipe.profiler.html_report import _svg
+
+    pyplot = require("matplotlib.pyplot", "edgepipe diff --html")
+    rows = result["tensors"]
+    depth = [r["depth"] for r in rows]
+    sqnr = [r["sqnr_db"] if isinstance(r["sqnr_db"], float) else (120.0 if r["sqnr_db"] == "inf" else -20.0)
+            for r in rows]
+    figure, axis = pyplot.subplots(figsize=(11, 3.6))
+    axis.plot(depth, sqnr, marker=".", color="#4472c4")
+    if result["first_jump"]:
+        axis.axvline(result["first_jump"]["depth"], linestyle=":", color="#c00000")
+    axis.set(title="SQNR of each tensor against the float source (dotted: first jump)",
+             xlabel="depth (topological position in the source)", ylabel="SQNR dB")
+    svg = _svg(figure)
+    pyplot.close(figure)
+    body = "".join(
+        f"<tr><td>{r['depth']}</td><td>{html.escape(r['tensor'])}</td><td>{html.escape(r['op_type'])}</td>"
+        f"<td>{r['sqnr_db']}</td><td>{r['cosine']}</td><td>{r['jump_db']}</td></tr>" for r in rows)
+    first = result["first_jump"]
+    headline = (f"First jump: <b>{html.escape(first['tensor'])}</b> ({html.escape(first['op_type'])}, "
+                f"{first['jump_db']} dB lost)" if first else "No layer loses 6 dB or more.")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>edgepipe diff</title>"
+            f"<style>body{{font-family:sans-serif}}td,th{{padding:2px 8px;text-align:right}}"
+            f"td:nth-child(2){{text-align:left}}</style></head><body>"
+            f"<h1>{html.escape(Path(result['source']).name)} vs {html.escape(result['bundle'])} "
+            f"({html.escape(result['backend'])})</h1><p>{result['compared']} of {result['of']} tensors "
+            f"compared on {result['samples']} samples. {headline}</p>{svg}"
+            f"<table><tr><th>depth</th><th>tensor</th><th>op</th><th>SQNR dB</th><th>cosine</th>"
+            f"<th>jump dB</th></tr>{body}</table></body></html>")
+    path.write_text(page)
+    return path
