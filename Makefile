@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_fuse.py
 	$(BIN)/python bench/bench_int8.py
 	$(BIN)/python bench/bench_openvino.py
+	$(BIN)/python bench/bench_int8_real.py
 	$(BIN)/python bench/third_party.py
 
 clean:
