@@ -65,21 +65,11 @@ def _float_tensors(model) -> list[tuple[str, Any]]:
     return found
 
 
-def _with_outputs(model, names: Sequence[str]) -> bytes:
-    import onnx
-
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    existing = {o.name for o in copy.graph.output}
-    copy.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in existing)
-    return copy.SerializeToString()
-
-
 def _run_source(model, names: Sequence[str], feeds: Sequence[Feed]) -> list[dict[str, np.ndarray]]:
     from edgepipe.backends.onnxruntime import exact_runner
-    from edgepipe.onnx_model import graph_inputs
+    from edgepipe.onnx_model import graph_inputs, with_outputs
 
-    with exact_runner(_with_outputs(model, names), graph_inputs(model), name="source") as runner:
+    with exact_runner(with_outputs(model, names), graph_inputs(model), name="source") as runner:
         return [runner.infer(feed) for feed in feeds]
 
 
@@ -114,6 +104,7 @@ def _run_onnxruntime(artifact: Path, manifest: dict[str, Any], names: Sequence[s
     X then exists only as the int8 X_QuantizeLinear_Output, dequantized here with its own scale."""
     import onnx
 
+    from edgepipe.onnx_model import with_outputs
     from edgepipe.runtime.runners import make_runner
 
     model = onnx.load(str(artifact))
@@ -126,7 +117,7 @@ def _run_onnxruntime(artifact: Path, manifest: dict[str, Any], names: Sequence[s
             if inner in present and (inner != f"{name}_QuantizeLinear_Output" or inner in quantization):
                 wanted[name] = inner
                 break
-    runner = make_runner("onnxruntime", _with_outputs(model, list(wanted.values())),
+    runner = make_runner("onnxruntime", with_outputs(model, list(wanted.values())),
                          inputs=manifest["inputs"], outputs=[], settings=manifest["backend"]["runtime"],
                          name=artifact.name)
     with runner:

@@ -188,6 +188,16 @@ def graph_inputs(model: onnx.ModelProto) -> tuple[TensorSpec, ...]:
     return tuple(_spec_of(v) for v in model.graph.input if v.name not in initializers)
 
 
+def with_outputs(model: onnx.ModelProto, names) -> bytes:
+    """A copy of `model` (serialized) that also returns the intermediate tensors `names`: how
+    calibration-side measures observe a layer's output."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    existing = {o.name for o in copy.graph.output}
+    copy.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in existing)
+    return copy.SerializeToString()
+
+
 def graph_outputs(model: onnx.ModelProto) -> tuple[TensorSpec, ...]:
     return tuple(_spec_of(v) for v in model.graph.output)
 

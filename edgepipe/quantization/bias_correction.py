@@ -47,12 +47,12 @@ def _channel_means(model, names: Sequence[str], samples: Sequence[Feed],
                    axes: dict[str, int]) -> dict[str, np.ndarray]:
     """Per-channel means of `names` in the float model, run exactly as ONNX defines it."""
     from edgepipe.backends.onnxruntime import exact_runner
-    from edgepipe.onnx_model import graph_inputs
+    from edgepipe.onnx_model import graph_inputs, with_outputs
 
     specs = graph_inputs(model)
     inputs = {spec.name for spec in specs}
     sums: dict[str, np.ndarray] = {}
-    with exact_runner(_with_outputs(model, names), specs, name="bias correction") as runner:
+    with exact_runner(with_outputs(model, names), specs, name="bias correction") as runner:
         for feed in samples:
             produced = runner.infer({k: v for k, v in feed.items() if k in inputs})
             for name in names:
@@ -64,16 +64,6 @@ def _accumulate(sums: dict[str, np.ndarray], name: str, value: np.ndarray, axis:
     axis %= value.ndim
     mean = value.astype(np.float64).mean(axis=tuple(a for a in range(value.ndim) if a != axis))
     sums[name] = sums.get(name, 0) + mean
-
-
-def _with_outputs(model, names: Sequence[str]) -> bytes:
-    import onnx
-
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    existing = {o.name for o in copy.graph.output}
-    copy.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in existing)
-    return copy.SerializeToString()
 
 
 def _dequantized(model, name: str, constants: dict[str, Any]) -> np.ndarray | None:
