@@ -228,3 +228,24 @@ def test_diff_refuses_what_it_cannot_map(cli, tmp_path, digits_bundle, digits_on
     garbage.write_bytes(b"\x00not onnx")
     bad = cli("diff", garbage, digits_bundle)
     assert bad.exit_code == 2 and "not an ONNX model" in bad.stderr
+
+
+def test_mse_range_trades_clipping_against_rounding():
+    from edgepipe.quantization.ranges import MSE_BINS, mse_range, percentile_range
+
+    rng = np.random.default_rng(0)
+    values = np.abs(rng.standard_normal(200_000)).astype(np.float32)
+    values[0] = 40.0  # one activation far beyond the rest, as a bad calibration frame gives
+    bound = float(np.abs(values).max())
+    hist, edges = np.histogram(values, bins=MSE_BINS, range=(-bound, bound))
+    lo, hi = mse_range(hist, edges, float(values.min()), float(values.max()), symmetric=False)
+    p_lo, p_hi = percentile_range(hist, edges, float(values.min()), float(values.max()), percentile=99.99,
+                                  symmetric=False)
+    assert p_lo == pytest.approx(float(values.min()), abs=1e-6) and 3.0 < p_hi < 6.0
+    # MSE weighs the outlier's clipping error against finer steps for the other 199,999 values:
+    # it clips some of the way, where percentile clips it all and min-max none.
+    assert lo == 0.0 and p_hi < hi < 40.0
+    uniform = rng.uniform(-1, 1, 200_000).astype(np.float32)
+    hist, edges = np.histogram(uniform, bins=MSE_BINS, range=(-1, 1))
+    lo, hi = mse_range(hist, edges, float(uniform.min()), float(uniform.max()), symmetric=True)
+    assert -lo == hi and hi > 0.9  # nothing to clip: the full range is the least error
