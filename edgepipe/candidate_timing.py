@@ -57,10 +57,6 @@ class Timed:
     def median(self, index: int) -> float:
         return statistics.median(self.round_medians[index])
 
-    def speedup(self, baseline: int, candidate: int) -> float:
-        """baseline time / candidate time: above 1 the candidate is faster."""
-        return self.median(baseline) / self.median(candidate)
-
 
 def _worker_command(job: Path) -> list[str]:
     import edgepipe

@@ -37,8 +37,3 @@ def time_run(run: Callable[[Feed], dict], feed: Feed, runs: int = 20, warmup: in
     times = sorted(times[warmup:])
     return 1000 * times[len(times) // 2]
 
-
-def median_latency_ms(artifact: Artifact, ctx: BuildContext, feed: Feed, runs: int = 20,
-                      warmup: int = 3) -> float:
-    with target_run(artifact, ctx) as run:
-        return time_run(run, feed, runs, warmup)

@@ -98,7 +98,7 @@ def measure(float_model: Path, qdq_model: Path, samples: Sequence[Feed]) -> list
     from onnx import numpy_helper
 
     from edgepipe.backends.onnxruntime import exact_runner
-    from edgepipe.onnx_model import graph_inputs
+    from edgepipe.onnx_model import graph_inputs, with_outputs
 
     qdq = read_qdq(qdq_model)
     original = onnx.load(str(float_model))
@@ -129,14 +129,11 @@ def measure(float_model: Path, qdq_model: Path, samples: Sequence[Feed]) -> list
 
     if activations and samples:
         wanted = list(activations)
-        probe = onnx.load(str(float_model))
-        existing = {o.name for o in probe.graph.output}
-        probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in wanted if n not in existing)
-        specs = graph_inputs(probe)
+        specs = graph_inputs(original)
         inputs = {spec.name for spec in specs}
         noise: dict[str, np.ndarray] = {}
         signal: dict[str, np.ndarray] = {}
-        with exact_runner(probe.SerializeToString(), specs, name=float_model.name) as runner:
+        with exact_runner(with_outputs(original, wanted), specs, name=float_model.name) as runner:
             for feed in samples:  # one sample's activations in memory at a time
                 produced = runner.infer({k: v for k, v in feed.items() if k in inputs})
                 for name in wanted:
