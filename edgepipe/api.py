@@ -18,7 +18,7 @@ from edgepipe import manifest as manifest_io
 from edgepipe.artifact import StageReport
 from edgepipe.backends import get_backend
 from edgepipe.bundle import write_bundle
-from edgepipe.config import Profile, Target, load_target
+from edgepipe.config import Profile, Target, load_target, with_device_cpu
 from edgepipe.data.samples import RANDOM, open_samples
 from edgepipe.errors import BadInputError, GateFailedError, MissingExtraError
 from edgepipe.extras import require
@@ -76,6 +76,7 @@ def build(
     train: str | Path | None = None,
     prune_ratio: float | None = None,
     min_speedup: float | None = None,
+    device_cpu: str | None = None,
     weights: Path | None = None,
     force: bool = False,
     trust_pickle: bool = False,
@@ -99,7 +100,7 @@ def build(
         from edgepipe import encryption
 
         model_key = encryption.load_key(encrypt_key)
-    resolved_target = load_target(target)
+    resolved_target = with_device_cpu(load_target(target), device_cpu)
     resolved_profile = with_skipped_passes(load_profile(profile or resolved_target.default_profile),
                                            skip_passes)
     resolved_profile = with_prune_ratio(resolved_profile, prune_ratio)
@@ -113,6 +114,7 @@ def build(
                            calib=None if calib is None else str(calib), signing_key=signing_key,
                            common={"inputs": inputs, "eval_data": eval_data, "train": train,
                                    "prune_ratio": prune_ratio, "min_speedup": min_speedup,
+                                   "device_cpu": device_cpu,
                                    "weights": weights,
                                    "trust_pickle": trust_pickle, "skip_passes": skip_passes,
                                    "on_stage": on_stage, "on_progress": on_progress, "portable": portable,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepipe.backends import get_backend
+from edgepipe.candidate_timing import host_runs_target
 from edgepipe.config import Profile, Target
 from edgepipe.errors import BadInputError, GateFailedError
 from edgepipe.profiler.rounds import LocalPlace, TimingOptions, time_rounds
@@ -47,6 +48,12 @@ def select(build: Build, model: str, *, target: Target, target_spec: str, profil
     if any(load_profile(name).candidates for name in profile.candidates):
         raise BadInputError(f"profile '{profile.name}': a candidate may not itself have candidates")
     host = get_backend(target.backend).host_precisions(target.runtime)
+    if target.device.cpu_features is not None:
+        elsewhere = host_runs_target(target.device.kind, target.device.isa, target.backend,
+                                     target.device.cpu_features)
+        if elsewhere and host:
+            raise BadInputError(f"--profile auto times its candidates on this host, but {elsewhere}: "
+                                "build a profile by name, or profile the candidates on the device")
     rows: list[dict[str, Any]] = []
     built: dict[str, Path] = {}
     for index, name in enumerate(profile.candidates):

@@ -73,7 +73,8 @@ def _quantize_section(stage: dict[str, Any]) -> list[str]:
     lines += [
         f"Scheme: {m['scheme']} ({m['model_type']}); activations {m['activations']}, weights "
         f"{m['weights']}; calibration {calibration['method']} on {calibration['origin']}. "
-        f"Size {_size(m['size_bytes']['float'])} → {_size(m['size_bytes']['int8'])}.",
+        f"Size {_size(m['size_bytes']['float'])} → {_size(m['size_bytes']['int8'])}."
+        + (f" {m['weight_bits'][0].upper()}{m['weight_bits'][1:]}." if m.get("weight_bits") else ""),
         "",
         f"Scored on {evaluation['origin']}:",
         "",

@@ -33,11 +33,18 @@ from edgepipe.errors import BackendError
 ROUNDS = 3  # process pairs per comparison
 RUNS = 25  # timed runs per process
 WARMUP = 5
+# Features that change which int8/bf16 kernels the CPU runtimes pick.
+KERNEL_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16",
+                   "asimddp", "i8mm")
 HOST_ISAS = {"x86_64": "x86-64", "amd64": "x86-64", "aarch64": "arm64", "arm64": "arm64"}
 
 
-def host_runs_target(device_kind: str, isa: str, backend: str) -> str | None:
-    """None when this host's timings stand for the target device; else why they do not."""
+def host_runs_target(device_kind: str, isa: str, backend: str,
+                     cpu_features: Sequence[str] | None = None) -> str | None:
+    """None when this host's timings stand for the target device; else why they do not.
+
+    Where the deployment CPU's features are declared, the ones that pick int8 and bf16 kernels
+    must match this host's: an AVX2 host's int8 timings say nothing about a VNNI device."""
     if backend in ("tensorrt", "tflite"):
         return f"{backend} targets run on their own device; this host does not time them"
     if device_kind != "cpu":
@@ -45,6 +52,15 @@ def host_runs_target(device_kind: str, isa: str, backend: str) -> str | None:
     host = HOST_ISAS.get(platform.machine().lower(), platform.machine().lower())
     if isa not in ("any", host) and not isa.startswith(host):
         return f"the target's ISA is {isa}, this host's {host}"
+    if cpu_features is not None:
+        from edgepipe.runtime.machine import cpu_features as host_features
+
+        deciding = set(KERNEL_FEATURES)
+        device, here = deciding & set(cpu_features), deciding & set(host_features())
+        if device != here:
+            listed = ", ".join(sorted(device)) or "none of " + "/".join(KERNEL_FEATURES)
+            ours = ", ".join(sorted(here)) or "none"
+            return f"the deployment CPU ({listed}) differs from this host ({ours})"
     return None
 
 

@@ -136,6 +136,10 @@ def build(
         "--min-speedup", help="Override [quantize.budget] min_speedup: how many times faster than float "
                               "int8 must run on this host to ship (0: not checked, e.g. when the "
                               "target device is not this host).")] = None,
+    device_cpu: Annotated[str | None, typer.Option(
+        "--device-cpu", help="The deployment CPU: 'host' (this machine) or its ISA features, e.g. "
+                             "avx2,avx512_vnni. Decides 7-bit int8 weights (x86 without VNNI/AMX) and "
+                             "whether this host's timings stand for the device.")] = None,
     weights: Annotated[Path | None, typer.Option(help="State dict for a file.py:factory model.")]
     = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing bundle.")] = False,
@@ -194,8 +198,8 @@ def build(
 
             result = api.build(model, target=target, profile=profile, out=out, inputs=inputs or [],
                                calib=calib, eval_data=eval_data, train=train, prune_ratio=prune_ratio,
-                               min_speedup=min_speedup, weights=weights, force=force, sign=sign,
-                               portable=portable, encrypt=encrypt, encrypt_key=encrypt_key,
+                               min_speedup=min_speedup, device_cpu=device_cpu, weights=weights, force=force,
+                               sign=sign, portable=portable, encrypt=encrypt, encrypt_key=encrypt_key,
                                trust_pickle=trust_pickle, skip_passes=skip_pass or [], on_stage=on_stage,
                                on_progress=on_progress)
         if as_json:

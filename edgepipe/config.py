@@ -11,12 +11,12 @@ to their own TOML file wherever a name is accepted.
 from __future__ import annotations
 
 import platform
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from edgepipe.errors import BadInputError
 from edgepipe.quantization.scheme import Int8Scheme
@@ -41,11 +41,25 @@ def looks_like_path(name: str) -> bool:
 
 
 class DeviceFacts(StrictModel):
-    """What is known about the device; informative, recorded in the manifest."""
+    """What is known about the device, recorded in the manifest. `cpu_features` decides things:
+    7-bit int8 weights (x86 without VNNI/AMX) and whether this host's timings stand for the device."""
 
     kind: Literal["cpu", "gpu", "npu"] = "cpu"
     isa: str = "any"
     notes: str = ""
+    cpu_features: list[str] | None = Field(
+        None, description="the deployment CPU's ISA extensions as /proc/cpuinfo names them "
+                          "(avx2, avx512_vnni, amx_int8, asimddp, ...); unset: not known")
+
+    @field_validator("cpu_features")
+    @classmethod
+    def _known_features(cls, value: list[str] | None) -> list[str] | None:
+        from edgepipe.runtime.machine import FEATURES
+
+        unknown = [name for name in value or () if name not in FEATURES]
+        if unknown:
+            raise ValueError(f"unknown CPU feature '{unknown[0]}' (known: {', '.join(FEATURES)})")
+        return value
 
 
 class EnergySettings(StrictModel):
@@ -144,6 +158,26 @@ def load_target_file(path: Path) -> Target:
         int8=int8,
         bundle=raw.bundle,
     )
+
+
+def with_device_cpu(target: Target, spec: str | None) -> Target:
+    """The target with `--device-cpu` declaring its CPU: "host" (this machine) or a comma list
+    of features. The declaration decides 7-bit weights and whether this host may time for it."""
+    if spec is None:
+        return target
+    if target.device.kind != "cpu":
+        raise BadInputError(f"--device-cpu: target '{target.name}' runs on a {target.device.kind}, not a CPU")
+    if spec.strip() == "host":
+        from edgepipe.runtime.machine import cpu_features
+
+        features = cpu_features()
+    else:
+        features = [name.strip() for name in spec.split(",") if name.strip()]
+    try:
+        device = DeviceFacts.model_validate({**target.device.model_dump(), "cpu_features": features})
+    except ValidationError as exc:
+        raise BadInputError(f"--device-cpu: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    return replace(target, device=device)
 
 
 def list_targets() -> list[Target]:

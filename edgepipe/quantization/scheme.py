@@ -8,18 +8,27 @@ So the activation type is the target's call, not the profile's.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
 from edgepipe.settings import StrictModel
+
+if TYPE_CHECKING:
+    from edgepipe.config import DeviceFacts
+
+# x86 extensions whose uint8 x int8 dot products accumulate in int32 without saturating.
+INT8_DOT_PRODUCTS = ("avx512_vnni", "avx_vnni", "amx_int8")
+ARM_FEATURES = ("asimd", "asimddp", "i8mm", "sve")
 
 
 class Int8Scheme(StrictModel):
     activations: Literal["uint8", "int8"] = Field(
         "uint8", description="uint8: asymmetric (x86 ORT, OpenVINO); int8: symmetric, zero point 0 "
                              "(TensorRT)")
-    reduce_range: bool = Field(False, description="7-bit weights, for x86 CPUs without VNNI")
+    reduce_range: bool | Literal["auto"] = Field(
+        False, description="7-bit weights, for x86 CPUs without VNNI; auto: decided by the deployment "
+                           "CPU's declared features (7-bit where they are not declared)")
     dynamic_matmul: bool = Field(
         False, description="the runtime runs dynamically quantized MatMul well (ORT CPU); "
                            "used for transformers")
@@ -35,3 +44,25 @@ class Int8Scheme(StrictModel):
     @property
     def symmetric_activations(self) -> bool:
         return self.activations == "int8"
+
+    def for_device(self, device: DeviceFacts) -> tuple[Int8Scheme, str]:
+        """The scheme with `reduce_range` decided for the deployment CPU, and why (for the report).
+
+        7-bit weights cost accuracy everywhere (one bit of weight resolution) and buy it back only
+        on x86 without VNNI/AMX, where uint8 x int8 pairs are summed in saturating int16 (AVX2's
+        vpmaddubsw). So "auto" spends the bit only where the device may be such a CPU."""
+        if self.reduce_range != "auto":
+            return self, f"[int8] reduce_range = {str(self.reduce_range).lower()} in the target"
+        features = device.cpu_features
+        if features is None:
+            seven, why = True, ("the deployment CPU is not declared and may be x86 without VNNI, whose "
+                                "uint8 x int8 products saturate (--device-cpu host or a feature list "
+                                "declares it)")
+        elif dot := [name for name in INT8_DOT_PRODUCTS if name in features]:
+            seven, why = False, f"the deployment CPU has {', '.join(dot)}: int8 products do not saturate"
+        elif any(name in features for name in ARM_FEATURES):
+            seven, why = False, "the deployment CPU is ARM: its int8 dot products do not saturate"
+        else:
+            seven, why = True, "the deployment CPU has no VNNI or AMX: uint8 x int8 products saturate"
+        bits = "7-bit weights" if seven else "8-bit weights"
+        return self.model_copy(update={"reduce_range": seven}), f"{bits}: {why}"

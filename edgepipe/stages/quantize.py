@@ -174,7 +174,7 @@ class _Speed:
         self.float_model, self.ctx = float_model, ctx
         self.feed = eval_data.samples[0].feed if eval_data.samples else None
         device = ctx.target.device
-        self.why_not = host_runs_target(device.kind, device.isa, ctx.target.backend)
+        self.why_not = host_runs_target(device.kind, device.isa, ctx.target.backend, device.cpu_features)
         if self.feed is None:
             self.why_not = "no sample to time with"
         elif min_speedup <= 0:
@@ -272,9 +272,10 @@ class QuantizeStage:
         requested = ctx.target.int8.engine if settings.engine == "auto" else settings.engine
         scheme, excluded, only = self._selection(proto, settings, model_type, ctx, requested)
         engine = engine_for(requested, ctx.target.name, ctx.target.backend, dynamic=scheme == "dynamic")
+        int8_scheme, weight_bits = ctx.target.int8.for_device(ctx.target.device)
         job = Int8Job(prepared=prepared, inputs=model.inputs, outputs=model.outputs,
                       samples=lambda: source.samples(settings.calib_count), count=settings.calib_count,
-                      scheme=ctx.target.int8, method=settings.method, per_channel=settings.per_channel,
+                      scheme=int8_scheme, method=settings.method, per_channel=settings.per_channel,
                       transformer=model_type == "transformer", excluded=tuple(excluded),
                       only=None if only is None else tuple(only), ranges=cache,
                       probe=tap.probe,
@@ -299,7 +300,9 @@ class QuantizeStage:
         base_metrics = {
             "scheme": scheme, "model_type": model_type,
             "activations": ctx.target.int8.activations if scheme != "dynamic" else "dynamic uint8",
-            "weights": "int8 symmetric " + ("per-channel" if settings.per_channel else "per-tensor"),
+            "weights": "int8 symmetric " + ("per-channel" if settings.per_channel else "per-tensor")
+                       + (", 7-bit" if int8_scheme.reduce_range else ""),
+            "weight_bits": weight_bits,
             "engine": engine.name,
             "calibration": {"origin": source.describe(counts["samples"]), "random": source.is_random,
                             "method": settings.method, "samples": counts["samples"],
