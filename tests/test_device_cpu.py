@@ -74,8 +74,8 @@ def test_declared_vnni_cpu_gets_8_bit_weights_and_says_why(cli, tmp_path, traine
     for label, extra in (("undeclared", ()), ("vnni", ("--device-cpu", "avx2,avx512f,avx512_vnni"))):
         out = tmp_path / label
         result = cli("build", DIGITS, "--weights", trained_digits["weights"], "--target", "onnxruntime-cpu",
-                     "--profile", "int8", "--calib", trained_digits["train"], "--eval", trained_digits["test"],
-                     "--min-speedup", "0", "--out", out, *extra)
+                     "--profile", "int8", "--calib", trained_digits["train"], "--eval",
+                     trained_digits["test"], "--min-speedup", "0", "--out", out, *extra)
         assert result.exit_code == 0, result.stderr
         bundles[label] = out
     seven = max(int(np.abs(w).max()) for w in _int8_weights(bundles["undeclared"]))
@@ -95,3 +95,39 @@ def test_unknown_device_cpu_feature_is_one_line_exit_2(cli, tmp_path):
     assert result.exit_code == 2
     assert result.stderr.strip().startswith("error: --device-cpu: unknown CPU feature 'vnni'")
     assert "Traceback" not in result.stderr and not out.exists()
+
+
+def test_int8_models_keep_float_outputs(tmp_path, trained_digits, cli):
+    """The quantize stage's model computes its outputs in float (an 8-bit output cost MobileNetV2
+    4.5 points of top-1), and an output that is also read inside the graph keeps its pair."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgepipe.quantization.qdq import float_outputs
+
+    out = tmp_path / "b"
+    result = cli("build", DIGITS, "--weights", trained_digits["weights"], "--target", "onnxruntime-cpu",
+                 "--profile", "int8", "--calib", trained_digits["train"], "--min-speedup", "0", "--out", out)
+    assert result.exit_code == 0, result.stderr
+    model = onnx.load(str(out.with_name("b.build") / "02-quantize.onnx"))
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    assert all(producers[o.name] not in ("DequantizeLinear", "QuantizeLinear") for o in model.graph.output)
+    assert "QuantizeLinear" in producers.values()
+
+    def pair(x: str, out_name: str) -> list:
+        return [helper.make_node("QuantizeLinear", [x, "s", "z"], [x + "_q"]),
+                helper.make_node("DequantizeLinear", [x + "_q", "s", "z"], [out_name])]
+
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), *pair("a", "y"),
+             helper.make_node("Relu", ["x"], ["b"]), *pair("b", "w"), helper.make_node("Neg", ["b"], ["v"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in ("y", "w", "v")],
+        [helper.make_tensor("s", TensorProto.FLOAT, [], [0.1]),
+         helper.make_tensor("z", TensorProto.UINT8, [], [0])])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    assert float_outputs(path) == ["y"]  # "b" is also read by Neg: its pair stays
+    kept = onnx.load(str(path))
+    assert [n.op_type for n in kept.graph.node].count("QuantizeLinear") == 1
+    assert {i.name for i in kept.graph.initializer} == {"s", "z"}

@@ -353,6 +353,9 @@ class QuantizeStage:
 
             def complete() -> None:
                 metrics["int8_speed"] = speed.record(candidate)
+                measured = speed.measured(candidate)
+                if measured is not None and label != "every layer int8" and metrics["fallback"]:
+                    metrics["fallback"][-1]["speedup"] = round(measured, 3)  # the step that ships
                 metrics["calibration_cache"] = self._tensorrt_cache(
                     cache, candidate.path if candidate.format == "onnx" else None, ctx,
                     base_metrics["calibration"]["ranges"])
