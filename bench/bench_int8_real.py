@@ -7,11 +7,17 @@ CPU target, each scored on the same held-out views and timed in its own process,
 
 - fp32:               the exported ONNX model (ONNX Runtime) or its OpenVINO conversion;
 - edgepipe:           `edgepipe build --profile int8` as shipped (default budget, speed gate on);
-- edgepipe (no gate): the same with `--min-speedup 0`, to show what int8 would have cost;
-- ort by hand:        quant_pre_process + quantize_static (uint8 activations, per-channel,
-                      7-bit weights as x86 without VNNI needs) - ONNX Runtime targets;
+- edgepipe --device-cpu host: the same, the deployment CPU declared as this host (8-bit weights
+                      where it has VNNI or AMX, 7-bit otherwise);
+- edgepipe (no gate): the same as the first with `--min-speedup 0`, to show what int8 would cost;
+- ort by hand:        quant_pre_process + quantize_static (uint8 activations, per-channel; 7-bit
+                      weights only where this host lacks VNNI/AMX, as ORT's docs advise) - ONNX
+                      Runtime targets;
 - nncf by hand:       nncf.quantize with its defaults on the ONNX model (scored in ONNX Runtime)
-                      or on the OpenVINO model (scored in OpenVINO).
+                      or on the OpenVINO model (scored in OpenVINO);
+- bf16:               the float OpenVINO model with INFERENCE_PRECISION_HINT bf16 - OpenVINO
+                      targets, where this host has AVX-512 BF16 or AMX (ONNX Runtime's CPU
+                      provider has no bf16 kernels for these ops).
 
     python bench/bench_int8_real.py --threads 2 --rounds 3 --runs 30
 """
@@ -75,8 +81,18 @@ def ort_by_hand(model: Path, calib: np.ndarray, out: Path) -> Path:
     quant_pre_process(str(model), str(prepared))
     path = out / "ort-by-hand.onnx"
     quantize_static(str(prepared), str(path), Reader(), activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
+                    weight_type=QuantType.QInt8, per_channel=True, reduce_range=not _host_has(*INT8_DOT))
     return path
+
+
+INT8_DOT = ("avx512_vnni", "avx_vnni", "amx_int8")
+BF16 = ("avx512_bf16", "amx_bf16")
+
+
+def _host_has(*features: str) -> bool:
+    from edgepipe.runtime.machine import cpu_features
+
+    return any(name in cpu_features() for name in features)
 
 
 def nncf_by_hand(model: Path, calib: np.ndarray, out: Path, openvino: bool) -> Path:
@@ -98,7 +114,7 @@ def nncf_by_hand(model: Path, calib: np.ndarray, out: Path, openvino: bool) -> P
     return path
 
 
-def logits(path: Path, images: np.ndarray, runtime: str, threads: int) -> np.ndarray:
+def logits(path: Path, images: np.ndarray, runtime: str, threads: int, precision: str = "f32") -> np.ndarray:
     if runtime == "ort":
         import onnxruntime as ort
 
@@ -109,7 +125,8 @@ def logits(path: Path, images: np.ndarray, runtime: str, threads: int) -> np.nda
         return np.concatenate([session.run(None, {name: image[None]})[0] for image in images])
     import openvino as ov
 
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads})
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                          "INFERENCE_PRECISION_HINT": precision})
     request = compiled.create_infer_request()
     return np.concatenate([request.infer({0: image[None]})[compiled.output(0)] for image in images])
 
@@ -146,8 +163,11 @@ def main() -> None:
         for target, runtime in (("onnxruntime-cpu", "ort"), ("openvino-cpu", "ov")):
             print(f"== {target}", flush=True)
             rows: dict[str, dict] = {"fp32": {"model": model}}
-            for label, extra in (("edgepipe", ()), ("edgepipe (no gate)", ("--min-speedup", "0"))):
-                out = work / f"{target}-{label.replace(' ', '-').strip('()')}"
+            if runtime == "ov" and _host_has(*BF16):
+                rows["bf16"] = {"model": model, "precision": "bf16"}
+            for label, extra in (("edgepipe", ()), ("edgepipe --device-cpu host", ("--device-cpu", "host")),
+                                 ("edgepipe (no gate)", ("--min-speedup", "0"))):
+                out = work / f"{target}-{label.replace(' ', '-').replace('(', '').replace(')', '')}"
                 outcome = edgepipe_build(model, target, calib, evaluation, out, *extra)
                 rows[label] = {"build": outcome,
                                "model": bundle_model(out) if outcome["exit"] == 0 else None}
@@ -163,10 +183,11 @@ def main() -> None:
             reference = logits(model, eval_images, runtime, args.threads)
             for row in rows.values():
                 if row["model"] is not None:
-                    row["accuracy"] = scores(logits(row["model"], eval_images, runtime, args.threads),
-                                             reference, labels)
+                    row["accuracy"] = scores(logits(row["model"], eval_images, runtime, args.threads,
+                                                    row.get("precision", "f32")), reference, labels)
             timed = {label: [sys.executable, "bench/workers.py", runtime, str(row["model"]), "--threads",
-                             str(args.threads), "--runs", str(args.runs), "--warmup", str(args.warmup)]
+                             str(args.threads), "--runs", str(args.runs), "--warmup", str(args.warmup),
+                             *(["--precision", row["precision"]] if "precision" in row else [])]
                      for label, row in rows.items() if row["model"] is not None}
             latency = time_interleaved(timed, args.rounds)
             for label, row in rows.items():
@@ -179,7 +200,8 @@ def main() -> None:
     write_report(args.out, "int8 on a real model with real photos (MobileNetV2, ImageNet weights)",
                  {"threads": args.threads, "rounds": args.rounds, "runs": args.runs,
                   "calibration": "128 views of 22 photos",
-                  "evaluation": "200 views of 20 labelled ImageNet validation photos"},
+                  "evaluation": "200 views of 20 labelled ImageNet validation photos",
+                  "ort_by_hand_reduce_range": not _host_has(*INT8_DOT)},
                  {"mobilenet_v2": results})
 
 

@@ -74,7 +74,7 @@ def plain_onnxruntime(path: str, threads: int, runs: int, warmup: int, level: st
             "load_ms": (loaded - started) / 1e6, "first_inference_ms": (first - loaded) / 1e6}
 
 
-def openvino_model(path: str, threads: int, runs: int, warmup: int) -> dict:
+def openvino_model(path: str, threads: int, runs: int, warmup: int, precision: str = "f32") -> dict:
     """An OpenVINO IR or ONNX file compiled for CPU the way its docs show, precision explicit."""
     import numpy as np
     import openvino as ov
@@ -82,7 +82,7 @@ def openvino_model(path: str, threads: int, runs: int, warmup: int) -> dict:
     started = time.perf_counter_ns()
     compiled = ov.Core().compile_model(path, "CPU", {"PERFORMANCE_HINT": "LATENCY",
                                                      "INFERENCE_NUM_THREADS": threads,
-                                                     "INFERENCE_PRECISION_HINT": "f32"})
+                                                     "INFERENCE_PRECISION_HINT": precision})
     request = compiled.create_infer_request()
     rng = np.random.default_rng(0)
     feed = {i: rng.standard_normal(list(port.shape)).astype(np.float32)
@@ -103,11 +103,13 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--level", choices=["all", "disabled"], default="all",
                         help="ONNX Runtime graph optimization level (ort only)")
+    parser.add_argument("--precision", choices=["f32", "bf16"], default="f32",
+                        help="OpenVINO's INFERENCE_PRECISION_HINT (ov only)")
     args = parser.parse_args()
     if args.kind == "torch":
         result = torch_eager(args.model, args.threads, args.runs, args.warmup)
     elif args.kind == "ov":
-        result = openvino_model(args.model, args.threads, args.runs, args.warmup)
+        result = openvino_model(args.model, args.threads, args.runs, args.warmup, args.precision)
     else:
         result = plain_onnxruntime(args.model, args.threads, args.runs, args.warmup, args.level)
     print(json.dumps(result))

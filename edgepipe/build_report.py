@@ -107,7 +107,9 @@ def _quantize_section(stage: dict[str, Any]) -> list[str]:
                       f"{', '.join(host.get('cpu_features') or ['no AVX-512/VNNI/AMX'])}; "
                       f"{speed['method']}): "
                       f"float {speed['float_ms']:.4f} ms → int8 {speed['int8_ms']:.4f} ms, "
-                      f"**{speed['speedup']:.2f}x**."]
+                      f"**{speed['speedup']:.2f}x**"
+                      + (f" (per pair: {', '.join(f'{r:.2f}x' for r in speed['pair_speedups'])})"
+                         if speed.get("pair_speedups") else "") + "."]
     elif speed:
         lines += ["", f"Speed not measured: {speed['reason']}."]
     budget = m["budget"]

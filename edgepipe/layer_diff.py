@@ -8,8 +8,9 @@ bundles (their QDQ model, with the target's session settings) and OpenVINO bundl
 compiled with the target's settings; OpenVINO keeps ONNX tensor names on the ops it converts).
 A tensor the runtime quantizes is compared as the next layer sees it: dequantized.
 
-TFLite bundles are refused: the converters rename every tensor, so nothing maps by name.
-The bundle is data: its manifest and model file are read, nothing in it is imported or run
+TFLite bundles are compared too, though their converters rename every tensor and store
+activations channel-last: their intermediates are matched to the source's by value (see
+`_align`). The bundle is data: its manifest and model file are read, nothing in it is imported or run
 as code.
 """
 
@@ -195,6 +196,120 @@ def _run_openvino(artifact: Path, manifest: dict[str, Any], names: Sequence[str]
     return results
 
 
+ALIGN_ELEMENTS = 4096  # values per tensor that decide which source tensor a TFLite tensor is
+
+
+def _layouts(array: np.ndarray) -> list[np.ndarray]:
+    """A TFLite activation as the source would hold it: as is, and channel-last moved back."""
+    found = [array]
+    if array.ndim >= 3:
+        found.append(np.moveaxis(array, -1, 1))
+    return found
+
+
+def _align(reference: dict[str, np.ndarray], names: Sequence[str],
+           candidates: list[tuple[int, list[np.ndarray]]]) -> dict[str, tuple[int, int]]:
+    """Which TFLite tensor (and layout) is which source tensor: a monotone alignment of the two
+    topological orders that pairs as many same-shaped tensors as it can and, among such
+    alignments, the best-correlated ones (on one sample). The count comes first because a badly
+    quantized model, the one a user diffs, correlates poorly even with its own float tensors.
+
+    Hand-written because no tool maps tensors across converters: onnx2tf and litert-torch name
+    tensors after TensorFlow scopes or torch modules, fuse Conv+BatchNorm+ReLU into one tensor
+    and store activations channel-last. Shape alone is ambiguous (a MobileNet repeats shapes
+    block after block); values are not, because each layer's output correlates with its own
+    float counterpart far more than with another layer's of the same shape."""
+    rng = np.random.default_rng(0)
+    picks: dict[int, np.ndarray] = {}  # the same positions for every tensor of a size
+
+    def sample(array: np.ndarray) -> np.ndarray:
+        flat = array.astype(np.float64).ravel()
+        if flat.size not in picks:
+            picks[flat.size] = rng.choice(flat.size, min(flat.size, ALIGN_ELEMENTS), replace=False)
+        values = flat[picks[flat.size]]
+        return values - values.mean()
+
+    sources = [(name, reference[name]) for name in names if name in reference]
+    src = [(name, value.shape, sample(value)) for name, value in sources]
+    weight: dict[tuple[int, int], tuple[float, int]] = {}
+    for i, (_, shape, a) in enumerate(src):
+        norm_a = np.linalg.norm(a)
+        for j, (_, layouts) in enumerate(candidates):
+            for k, layout in enumerate(layouts):
+                if layout.shape != shape:
+                    continue
+                b = sample(layout)
+                norms = norm_a * np.linalg.norm(b)
+                cosine = float(a @ b / norms) if norms > 0 else 0.0
+                score = 10.0 + cosine  # in [9, 11]: one more pair beats any gain in correlation
+                if score > weight.get((i, j), (0.0, 0))[0]:
+                    weight[(i, j)] = (score, k)
+    n, m = len(src), len(candidates)
+    best = np.zeros((n + 1, m + 1))
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            paired = weight.get((i - 1, j - 1))
+            best[i, j] = max(best[i - 1, j], best[i, j - 1],
+                             best[i - 1, j - 1] + paired[0] if paired else -1.0)
+    matched: dict[str, tuple[int, int]] = {}
+    i, j = n, m
+    while i > 0 and j > 0:
+        paired = weight.get((i - 1, j - 1))
+        if paired and best[i, j] == best[i - 1, j - 1] + paired[0]:
+            matched[src[i - 1][0]] = (j - 1, paired[1])
+            i, j = i - 1, j - 1
+        elif best[i, j] == best[i - 1, j]:
+            i -= 1
+        else:
+            j -= 1
+    return matched
+
+
+def _run_tflite(artifact: Path, manifest: dict[str, Any], names: Sequence[str], feeds: Sequence[Feed],
+                reference: Sequence[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """Every intermediate the interpreter computed, dequantized, matched to source tensors by
+    `_align`. Read with LiteRT's builtin kernels: XNNPACK fuses whole subgraphs, whose
+    intermediates it never writes back."""
+    import warnings
+
+    from edgepipe.runtime.runners import tflite as litert
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # LiteRT warns that keeping every tensor is for debugging
+        threads = manifest["backend"]["runtime"].get("threads", 0)
+        built, _, _ = litert.interpreter(artifact.read_bytes(), threads, xnnpack=False, delegate="none",
+                                         keep_all_tensors=True)
+    inputs = litert.match_tensors(built.get_input_details(), manifest["inputs"])
+    details = {d["index"]: d for d in built.get_tensor_details()}
+    try:
+        order = [out for op in built._get_ops_details() for out in op["outputs"]]  # execution order
+    except AttributeError:  # an interpreter without op details: tensor index order
+        order = sorted(details)
+    order = [index for index in order if index in details and index >= 0]
+
+    def activations(feed: Feed) -> dict[int, np.ndarray]:
+        for spec, entry in zip(manifest["inputs"], inputs, strict=True):
+            value = litert.to_model_layout(np.asarray(feed[spec["name"]]), list(entry["shape"]))
+            built.set_tensor(entry["index"], litert.quantize_to(value, entry))
+        built.invoke()
+        found = {}
+        for index in order:
+            value = built.get_tensor(index)
+            if np.dtype(value.dtype).kind in "fiu" and value.dtype != np.int32:
+                found[index] = np.asarray(litert.dequantize(value, details[index]), dtype=np.float64)
+        return found
+
+    first = activations(feeds[0])
+    candidates = [(index, _layouts(value)) for index, value in first.items()]
+    matched = _align(reference[0], names, candidates)
+    results = []
+    for position, feed in enumerate(feeds):
+        values = first if position == 0 else activations(feed)
+        results.append({name: _layouts(values[candidates[j][0]])[k] for name, (j, k) in matched.items()
+                        if candidates[j][0] in values})
+    return results
+
+
 def _compare(reference: np.ndarray, value: np.ndarray) -> tuple[float, float, float]:
     """(SQNR dB, cosine, max |difference|) of samples stacked on axis 0. SQNR is the mean over
     channels (sensitivity.py's measure): one outlier channel that sets an int8 range crushes the
@@ -221,10 +336,9 @@ def diff(source: Path, bundle: Path, feeds: Sequence[Feed], work: Path) -> dict[
     backend = manifest["backend"]["name"]
     if manifest["backend"].get("encrypted") or manifest.get("encryption"):
         raise BadInputError(f"{bundle}: an encrypted bundle's model cannot be compared layer by layer")
-    if backend not in ("onnxruntime", "openvino"):
-        raise BadInputError(f"edgepipe diff compares ONNX Runtime and OpenVINO bundles; {bundle} is a "
-                            f"{backend} bundle, whose converter renames every tensor, so no layer maps by "
-                            "name")
+    if backend not in ("onnxruntime", "openvino", "tflite"):
+        raise BadInputError(f"edgepipe diff compares ONNX Runtime, OpenVINO and TFLite bundles; {bundle} "
+                            f"is a {backend} bundle")
     try:
         model = onnx.load(str(source))
     except Exception as exc:  # onnx raises DecodeError, OSError and others for a bad file
@@ -232,11 +346,13 @@ def diff(source: Path, bundle: Path, feeds: Sequence[Feed], work: Path) -> dict[
     tensors = _float_tensors(model)
     names = [name for name, _ in tensors]
     artifact = inside(bundle, manifest["backend"]["artifact"])
+    reference = _run_source(model, names, feeds)
     if backend == "onnxruntime":
         device = _run_onnxruntime(artifact, manifest, names, feeds)
-    else:
+    elif backend == "openvino":
         device = _run_openvino(artifact, manifest, names, feeds, work)
-    reference = _run_source(model, names, feeds)
+    else:
+        device = _run_tflite(artifact, manifest, names, feeds, reference)
     rows: list[TensorDiff] = []
     by_name: dict[str, TensorDiff] = {}
     producers = {out: node for node in model.graph.node for out in node.output}

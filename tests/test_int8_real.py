@@ -43,7 +43,8 @@ def test_shipped_int8_records_how_its_speed_was_measured(cli, tmp_path, trained_
     metrics = _quantize_metrics(out)
     speed = metrics["int8_speed"]
     assert speed["measured"] and speed["float_ms"] > 0 and speed["int8_ms"] > 0
-    assert speed["speedup"] == pytest.approx(speed["float_ms"] / speed["int8_ms"], rel=1e-2)
+    pairs = speed["pair_speedups"]
+    assert len(pairs) in (3, 6) and min(pairs) <= speed["speedup"] <= max(pairs)  # the median pair
     assert "fresh processes" in speed["method"] and speed["host"]["cpu"]
     assert metrics["evaluation_overlap"] == "0 evaluation samples identical to calibration samples"
     build_report = (out.with_name(out.name + ".build") / "report.md").read_text()
@@ -188,7 +189,7 @@ def _diff_profile(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("target", ["onnxruntime-cpu", "openvino-cpu"])
+@pytest.mark.parametrize("target", ["onnxruntime-cpu", "openvino-cpu", "android-arm64"])
 def test_diff_points_at_the_layer_that_breaks_int8(cli, tmp_path, trained_digits, hostile_onnx, target):
     """The hostile digits CNN has one outlier channel in its first convolution's output that sets
     the per-tensor int8 range and crushes every other channel: diff must name that tensor."""
@@ -201,7 +202,8 @@ def test_diff_points_at_the_layer_that_breaks_int8(cli, tmp_path, trained_digits
                  "--html", html, "--json")
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
-    assert data["backend"] == ("onnxruntime" if target == "onnxruntime-cpu" else "openvino")
+    assert data["backend"] == {"onnxruntime-cpu": "onnxruntime", "openvino-cpu": "openvino",
+                               "android-arm64": "tflite"}[target]
     # ONNX Runtime fuses Conv+Relu into QLinearConv: the Relu outputs, the pooling and the logits
     # remain to compare; OpenVINO keeps more.
     assert data["compared"] >= 3 and data["samples"] == 16
@@ -214,6 +216,11 @@ def test_diff_points_at_the_layer_that_breaks_int8(cli, tmp_path, trained_digits
     assert first is not None and first["node"].startswith(first_block), data["largest_jumps"]
     page = html.read_text()
     assert page.startswith("<!doctype html>") and "<svg" in page and first["tensor"] in page
+    from tests import browser  # what a person sees: the SQNR curve painted, the table parsed
+
+    shown = browser.dom(html)
+    assert "<svg" in shown and shown.count("<tr>") == len(data["tensors"]) + 1
+    assert browser.pixels_near(browser.render(html, tmp_path / "diff.png"), "#4472c4") > 300
     # The same on a terminal: the first jump in words.
     text = cli("diff", hostile_onnx, out, "--data", trained_digits["test"])
     assert text.exit_code == 0 and "first layer where the error jumps" in text.stdout

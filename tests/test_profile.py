@@ -93,6 +93,13 @@ def test_html_report_has_the_plots(cli, tmp_path):
     page = report.read_text()
     assert page.startswith("<!doctype html>") and page.count("<svg") == 2  # latency + per-layer
     assert "latency CDF" in page and "slowest layers" in page and "energy" in page
+    # What a person sees: Chromium parses both plots as SVG and paints the blue latency
+    # histogram and the orange per-layer bars.
+    from tests import browser
+
+    assert browser.dom(report).count("<svg") == 2
+    pixels = browser.render(report, tmp_path / "report.png", height=2000)
+    assert browser.pixels_near(pixels, "#4472c4") > 2000 and browser.pixels_near(pixels, "#ed7d31") > 2000
 
 
 def test_min_duration_keeps_timing_past_the_run_count(cli, tmp_path, digits_bundle):

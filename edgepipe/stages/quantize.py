@@ -25,7 +25,7 @@ from pydantic import Field
 from edgepipe import onnx_model
 from edgepipe.artifact import Artifact
 from edgepipe.budget import allowed_drop
-from edgepipe.candidate_timing import ROUNDS, RUNS, host_runs_target, time_candidates
+from edgepipe.candidate_timing import ROUNDS, RUNS, Speedup, host_runs_target, speedup
 from edgepipe.config import AccuracyBudget
 from edgepipe.data.evaluation import EvalData, calibration_eval, eval_data_for
 from edgepipe.data.preprocessing import ImagePreprocessing
@@ -171,7 +171,7 @@ class _Speed:
 
     def __init__(self, float_model: Artifact, ctx: BuildContext, eval_data: EvalData,
                  min_speedup: float) -> None:
-        self.float_model, self.ctx = float_model, ctx
+        self.float_model, self.ctx, self.min_speedup = float_model, ctx, min_speedup
         self.feed = eval_data.samples[0].feed if eval_data.samples else None
         device = ctx.target.device
         self.why_not = host_runs_target(device.kind, device.isa, ctx.target.backend, device.cpu_features)
@@ -180,7 +180,7 @@ class _Speed:
         elif min_speedup <= 0:
             self.why_not = "[quantize.budget] min_speedup = 0"
         self.precision = getattr(ctx.profile.stage_settings.get("lower"), "precision", "f32")
-        self._timed: dict[Path, tuple[float, float]] = {}  # candidate -> (float ms, int8 ms)
+        self._timed: dict[Path, Speedup] = {}
 
     def of(self, candidate: Artifact) -> float | None:
         """float time / int8 time; None where not timed here."""
@@ -190,22 +190,23 @@ class _Speed:
             assert self.feed is not None
             self.ctx.progress(f"quantize: timing {candidate.path.name} against float ({ROUNDS} pairs of "
                               "fresh processes)")
-            timed = time_candidates([self.float_model, candidate], backend=self.ctx.target.backend,
-                                    runtime=self.ctx.target.runtime, precision=self.precision,
-                                    feed=self.feed)
-            self._timed[candidate.path] = (timed.median(0), timed.median(1))
+            self._timed[candidate.path] = speedup(self.float_model, candidate, self.min_speedup,
+                                                  backend=self.ctx.target.backend,
+                                                  runtime=self.ctx.target.runtime, precision=self.precision,
+                                                  feed=self.feed)
         return self.measured(candidate)
 
     def measured(self, candidate: Artifact) -> float | None:
         """The speed-up if `of` already timed this candidate (never times anything)."""
         if candidate.path not in self._timed:
             return None
-        float_ms, int8_ms = self._timed[candidate.path]
-        return float_ms / int8_ms
+        return self._timed[candidate.path].value
 
     def summary(self, candidate: Artifact) -> str:
-        float_ms, int8_ms = self._timed[candidate.path]
-        return f"int8 {int8_ms:.3f} ms vs float {float_ms:.3f} ms on this host"
+        timed = self._timed[candidate.path]
+        pairs = ", ".join(f"{r:.2f}x" for r in timed.ratios)
+        return (f"int8 {timed.candidate_ms:.3f} ms vs float {timed.baseline_ms:.3f} ms on this host; "
+                f"per pair {pairs}")
 
     def record(self, candidate: Artifact) -> dict[str, Any]:
         """For the report: what was timed, how, and where; or why nothing was."""
@@ -213,11 +214,13 @@ class _Speed:
             return {"measured": False, "reason": self.why_not or "not timed"}
         from edgepipe.profiler.device_info import host_facts
 
-        float_ms, int8_ms = self._timed[candidate.path]
-        return {"measured": True, "float_ms": round(float_ms, 4), "int8_ms": round(int8_ms, 4),
-                "speedup": round(float_ms / int8_ms, 3),
-                "method": f"{ROUNDS} interleaved pairs of fresh processes, {RUNS} runs each; "
-                          "median of process medians",
+        timed = self._timed[candidate.path]
+        return {"measured": True, "float_ms": round(timed.baseline_ms, 4),
+                "int8_ms": round(timed.candidate_ms, 4), "speedup": round(timed.value, 3),
+                "pair_speedups": [round(r, 3) for r in timed.ratios],
+                "method": f"{len(timed.ratios)} interleaved pairs of fresh processes ({ROUNDS}, and {ROUNDS} "
+                          f"more where they split around the threshold), {RUNS} runs each; median of the "
+                          "pairs' ratios",
                 "host": {key: value for key, value in host_facts().items()
                          if key in ("cpu", "cpu_features", "logical_cpus")}}
 

@@ -49,10 +49,14 @@ def tflite_runtime() -> tuple[Any, str, str]:
                        "(or tflite-runtime, or tensorflow)")
 
 
-def interpreter(model: bytes, threads: int, xnnpack: bool, delegate: str) -> tuple[Any, str, str]:
-    """A LiteRT interpreter with the target's threads, XNNPACK choice and delegate."""
+def interpreter(model: bytes, threads: int, xnnpack: bool, delegate: str,
+                keep_all_tensors: bool = False) -> tuple[Any, str, str]:
+    """A LiteRT interpreter with the target's threads, XNNPACK choice and delegate;
+    `keep_all_tensors` keeps every intermediate readable after invoke (edgepipe diff)."""
     module, runtime, version = tflite_runtime()
     options: dict[str, Any] = {"model_content": model, "num_threads": threads or None}
+    if keep_all_tensors:
+        options["experimental_preserve_all_tensors"] = True
     if delegate != "none":
         library = DELEGATES.get(delegate, delegate)
         try:
