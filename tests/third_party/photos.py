@@ -35,7 +35,7 @@ def imagenet_label(path: Path) -> int | None:
     return int(parts[-1]) if path.stem.startswith("imagenet_") else None
 
 
-def _views(path: Path, count: int, size: int, rng: np.random.Generator) -> list[np.ndarray]:
+def _views(path: Path, count: int, size: int, rng: np.random.Generator, normalize: bool) -> list[np.ndarray]:
     from PIL import Image
 
     with Image.open(path) as opened:
@@ -49,33 +49,40 @@ def _views(path: Path, count: int, size: int, rng: np.random.Generator) -> list[
         view = image.resize((size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side))
         if index and rng.random() < 0.5:
             view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        array = (np.asarray(view, np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+        array = np.asarray(view, np.float32) / 255.0
+        if normalize:
+            array = (array - IMAGENET_MEAN) / IMAGENET_STD
         views.append(array.transpose(2, 0, 1))
     return views
 
 
-def dataset(use: str, count: int, *, size: int = 224, seed: int = 0) -> tuple[np.ndarray, np.ndarray | None]:
+def dataset(use: str, count: int, *, size: int = 224, seed: int = 0,
+            normalize: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """(N, 3, size, size) float32 views of the `use` photos, and their ImageNet labels where known.
 
-    Views are spread evenly over the photos; the first view of each is its centre crop.
+    Views are spread evenly over the photos; the first view of each is its centre crop. Values
+    are ImageNet-normalized, or plain 0..1 RGB (`normalize=False`, as YOLO-family models take).
     """
     paths = files(use)
     rng = np.random.default_rng(seed)
     per_photo = [count // len(paths) + (1 if i < count % len(paths) else 0) for i in range(len(paths))]
     arrays, labels = [], []
     for path, n in zip(paths, per_photo, strict=True):
-        views = _views(path, n, size, rng)
+        views = _views(path, n, size, rng, normalize)
         arrays += views
         labels += [imagenet_label(path)] * len(views)
     known = all(label is not None for label in labels)
     return np.stack(arrays), (np.asarray(labels, np.int64) if known else None)
 
 
-def write_npz(use: str, count: int, path: Path, *, input_name: str = "input", seed: int = 0) -> Path:
-    """The views as an edgepipe --calib/--eval file: one (1, 3, H, W) sample per row, labels if known."""
-    images, labels = dataset(use, count, seed=seed)
+def write_npz(use: str, count: int, path: Path, *, input_name: str = "input", seed: int = 0, size: int = 224,
+              normalize: bool = True, labels: bool = True) -> Path:
+    """The views as an edgepipe --calib/--eval file: one (1, 3, H, W) sample per row, labels if known
+    (and wanted: ImageNet labels mean nothing to a detector)."""
+    images, known = dataset(use, count, seed=seed, size=size, normalize=normalize)
+    labels_out = known if labels else None
     arrays = {input_name: images[:, None]}
-    if labels is not None:
-        arrays["labels"] = labels
+    if labels_out is not None:
+        arrays["labels"] = labels_out
     np.savez(path, **arrays)
     return path
