@@ -8,14 +8,17 @@ So the activation type is the target's call, not the profile's.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 from pydantic import Field
 
 from edgepipe.settings import StrictModel
 
-if TYPE_CHECKING:
-    from edgepipe.config import DeviceFacts
+
+class DeviceFacts(Protocol):
+    """What `for_device` reads of config.DeviceFacts (config imports this module, not back)."""
+
+    cpu_features: list[str] | None
 
 # x86 extensions whose uint8 x int8 dot products accumulate in int32 without saturating.
 INT8_DOT_PRODUCTS = ("avx512_vnni", "avx_vnni", "amx_int8")
