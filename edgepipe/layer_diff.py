@@ -231,14 +231,14 @@ def _align(reference: dict[str, np.ndarray], names: Sequence[str],
 
     sources = [(name, reference[name]) for name in names if name in reference]
     src = [(name, value.shape, sample(value)) for name, value in sources]
+    sampled = [[(layout.shape, sample(layout)) for layout in layouts] for _, layouts in candidates]
     weight: dict[tuple[int, int], tuple[float, int]] = {}
     for i, (_, shape, a) in enumerate(src):
         norm_a = np.linalg.norm(a)
-        for j, (_, layouts) in enumerate(candidates):
-            for k, layout in enumerate(layouts):
-                if layout.shape != shape:
+        for j, layouts in enumerate(sampled):
+            for k, (layout_shape, b) in enumerate(layouts):
+                if layout_shape != shape:
                     continue
-                b = sample(layout)
                 norms = norm_a * np.linalg.norm(b)
                 cosine = float(a @ b / norms) if norms > 0 else 0.0
                 score = 10.0 + cosine  # in [9, 11]: one more pair beats any gain in correlation
