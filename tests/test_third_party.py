@@ -27,6 +27,15 @@ KNOWN_REFUSALS = {
     ("ddddocr/common_old.onnx", "openvino-cpu"): "exceeds the accuracy budget",
 }
 
+# Built on some hosts, refused by the accuracy budget on others, and both are right. The
+# "light" models carry constant stand-in weights: on random inputs SqueezeNet's logits all reach
+# ~6.8e9, where one float32 ulp is 512, so the softmax of 1000 near-tied logits turns
+# summation-order differences (OpenVINO's AVX-512 kernels vs its AVX2 ones, relative 1e-6) into
+# probabilities of 0 vs 0.124. Where the two runtimes round alike it builds with parity.
+HOST_DEPENDENT = {
+    ("light_squeezenet.onnx", "openvino-cpu"): "output 'softmaxout_1' differs",
+}
+
 
 def short_name(label: str) -> str:
     """package:file (two packages ship a silero_vad.onnx)."""
@@ -42,6 +51,9 @@ def test_third_party_model_builds_with_parity_or_is_refused_in_one_line(tmp_path
         pytest.skip(f"{model.label} not fetched (run `make third-party`)")
     row = check(model, target, tmp_path / "bundle")
     refusal = KNOWN_REFUSALS.get((model.label, target))
+    if row["status"] != "built" and (model.label, target) in HOST_DEPENDENT:
+        refusal = HOST_DEPENDENT[(model.label, target)]
+        assert row["exit"] == 1, row.get("message")
     if refusal is None:
         assert row["status"] == "built", row.get("message")
         assert not row["missing_outputs"]
