@@ -18,7 +18,7 @@ from pathlib import Path
 # auto's choice) are written under its default, entropy: TensorRT reads the scales either way.
 CALIBRATORS = {"entropy": "EntropyCalibration2", "minmax": "MinMaxCalibration",
                "percentile": "EntropyCalibration2", "mse": "EntropyCalibration2",
-               "auto": "EntropyCalibration2"}
+               "median_max": "EntropyCalibration2", "auto": "EntropyCalibration2"}
 _HEADER = re.compile(r"^TRT-(\d+)-(\w+)$")
 
 
