@@ -19,6 +19,12 @@ from edgepipe.extras import require
 from edgepipe.quantization.ranges import Method, ort_method
 from edgepipe.quantization.scheme import Int8Scheme
 
+# Where TensorRT wants Q/DQ ("Q/DQ layer-placement recommendations" in its developer guide, and
+# NVIDIA ModelOpt's ONNX int8 rules): on the inputs of weighted ops, pooling and residual adds; never
+# on a weighted op's output, which TensorRT fuses with the activation and the residual Add after it.
+INPUT_PLACEMENT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Add", "GlobalAveragePool", "AveragePool")
+FUSES_RESIDUAL = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
 
 def write_qdq(model: Path, cache: Path, output: Path, *, scheme: Int8Scheme, method: Method,
               per_channel: bool, exclude: Sequence[str] = (), only: Sequence[str] | None = None,
@@ -27,6 +33,11 @@ def write_qdq(model: Path, cache: Path, output: Path, *, scheme: Int8Scheme, met
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     activation = QuantType.QInt8 if scheme.activations == "int8" else QuantType.QUInt8
+    options = {"ActivationSymmetric": scheme.symmetric_activations, "WeightSymmetric": True,
+               "QuantizeBias": scheme.quantize_bias}
+    if scheme.placement == "inputs":
+        op_types = op_types or INPUT_PLACEMENT_OPS
+        options["OpTypesToExcludeOutputQuantization"] = list(op_types)
     # onnxruntime warns about pre-processing on every call; the stage has done it.
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)
@@ -37,14 +48,83 @@ def write_qdq(model: Path, cache: Path, output: Path, *, scheme: Int8Scheme, met
             weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
             nodes_to_quantize=list(only) if only is not None else None,
             op_types_to_quantize=list(op_types) if op_types else None,
-            calibrate_method=ort_method(method), calibration_cache_path=str(cache),
-            extra_options={"ActivationSymmetric": scheme.symmetric_activations, "WeightSymmetric": True,
-                           "QuantizeBias": scheme.quantize_bias})
+            calibrate_method=ort_method(method), calibration_cache_path=str(cache), extra_options=options)
     except Exception as exc:
         raise BackendError(f"onnxruntime.quantization failed on {model.name}: {first_line(exc)}") from None
     finally:
         logging.getLogger().setLevel(quiet)
     float_outputs(output)
+    if scheme.placement == "inputs":
+        fusable_residuals(output)
+
+
+def _uses(graph) -> tuple[dict, dict]:
+    producers = {out: node for node in graph.node for out in node.output}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    for output in graph.output:
+        readers[output.name] = readers.get(output.name, 0) + 1
+    return producers, readers
+
+
+def _drop_pairs(model, pairs: list[tuple]) -> None:
+    """Remove Quantize/Dequantize pairs (already bypassed) and the scales only they used."""
+    params = {name for pair in pairs for node in pair for name in node.input[1:]}
+    for pair in pairs:
+        for node in pair:
+            model.graph.node.remove(node)
+    used = {name for node in model.graph.node for name in node.input}
+    for initializer in [i for i in model.graph.initializer if i.name in params - used]:
+        model.graph.initializer.remove(initializer)
+
+
+def fusable_residuals(path: Path) -> list[str]:
+    """Leave float the residual Add input that a Conv/Gemm computes (and nothing else reads); the
+    Add's other input stays quantized. Return the Add nodes changed.
+
+    TensorRT fuses such an Add into the Conv as its epilogue, where the Conv's output never
+    exists in int8; a Q/DQ pair there would force the Conv to write int8 and the Add to run
+    apart (TensorRT's placement recommendations; ModelOpt removes the same pairs). Written here
+    because onnxruntime's quantizer places Q/DQ per op type, not per input."""
+    import onnx
+
+    from edgepipe.onnx_model import save
+
+    model = onnx.load(str(path))
+    producers, readers = _uses(model.graph)
+
+    def pair_from(name: str):
+        dequantize = producers.get(name)
+        if dequantize is None or dequantize.op_type != "DequantizeLinear" or readers.get(name) != 1:
+            return None
+        quantize = producers.get(dequantize.input[0])
+        if quantize is None or quantize.op_type != "QuantizeLinear" or readers[quantize.output[0]] != 1:
+            return None
+        source = producers.get(quantize.input[0])
+        if source is None or source.op_type not in FUSES_RESIDUAL or readers[quantize.input[0]] != 1:
+            return None
+        return quantize, dequantize
+
+    changed, pairs = [], []
+    for node in model.graph.node:
+        if node.op_type != "Add" or len(node.input) != 2:
+            continue
+        found = [(index, pair_from(name)) for index, name in enumerate(node.input)]
+        quantized = [producers.get(name) is not None and producers[name].op_type == "DequantizeLinear"
+                     for name in node.input]
+        fusable = [(index, pair) for index, pair in found if pair is not None]
+        if not fusable or not all(quantized):
+            continue  # an input already float: nothing to fuse into
+        index, pair = fusable[0]
+        node.input[index] = pair[0].input[0]
+        pairs.append(pair)
+        changed.append(node.name)
+    if changed:
+        _drop_pairs(model, pairs)
+        save(model, path)
+    return changed
 
 
 def float_outputs(path: Path) -> list[str]:
@@ -62,16 +142,12 @@ def float_outputs(path: Path) -> list[str]:
 
     model = onnx.load(str(path))
     graph = model.graph
-    producers = {out: node for node in graph.node for out in node.output}
-    readers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
+    producers, readers = _uses(graph)
     freed: list[str] = []
-    params: set[str] = set()  # the dropped pairs' scales and zero points
+    pairs = []
     for output in graph.output:
         dequantize = producers.get(output.name)
-        if dequantize is None or dequantize.op_type != "DequantizeLinear" or readers.get(output.name):
+        if dequantize is None or dequantize.op_type != "DequantizeLinear" or readers.get(output.name) != 1:
             continue
         quantize = producers.get(dequantize.input[0])
         if quantize is None or quantize.op_type != "QuantizeLinear" or readers[quantize.output[0]] != 1:
@@ -80,14 +156,10 @@ def float_outputs(path: Path) -> list[str]:
         if source is None or readers[quantize.input[0]] != 1:
             continue  # the float tensor is read elsewhere too (or is an input): leave the pair
         source.output[list(source.output).index(quantize.input[0])] = output.name
-        graph.node.remove(quantize)
-        graph.node.remove(dequantize)
-        params.update([*quantize.input[1:], *dequantize.input[1:]])
+        pairs.append((quantize, dequantize))
         freed.append(output.name)
     if freed:
-        used = {name for node in graph.node for name in node.input}
-        for initializer in [i for i in graph.initializer if i.name in params - used]:
-            graph.initializer.remove(initializer)
+        _drop_pairs(model, pairs)
         save(model, path)
     return freed
 

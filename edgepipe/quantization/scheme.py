@@ -38,6 +38,11 @@ class Int8Scheme(StrictModel):
     engine: Literal["onnxruntime", "nncf", "litert"] = Field(
         "onnxruntime", description="who writes the int8 model: onnxruntime.quantization or NNCF (QDQ "
                                    "ONNX), or the TFLite converter itself (litert)")
+    placement: Literal["tensors", "inputs"] = Field(
+        "tensors", description="tensors: Q/DQ on every input and output of a quantized op "
+                               "(onnxruntime's default, what ORT and OpenVINO fuse); inputs: only where "
+                               "a weighted op, pooling or residual Add reads a tensor, the residual "
+                               "input a Conv computes left float (TensorRT's placement rules)")
     quantize_bias: bool = Field(True, description="int32 biases (ORT, OpenVINO); TensorRT dequantizes "
                                                   "int8 only and keeps biases in float")
     calibration_cache: bool = Field(False, description="ship calib.cache (TensorRT format) in the bundle")
