@@ -51,10 +51,10 @@ def task_violations(base: Scores, base_metric: float | None, scores: Scores, bud
     return found
 
 
-def speed_violation(speedup: float, min_speedup: float, against: str) -> str | None:
+def speed_violation(speedup: float, min_speedup: float, against: str,
+                    method: str = "timed on this host, fresh processes in interleaved rounds") -> str | None:
     """A candidate that is not faster than the model it replaces by `min_speedup` is not worth
     its accuracy loss. `speedup` is the baseline's time over the candidate's."""
     if min_speedup > 0 and not speedup >= min_speedup:
-        return (f"speed-up over {against} {speedup:.2f}x < {min_speedup:g}x (timed on this host, "
-                f"fresh processes in interleaved rounds)")
+        return f"speed-up over {against} {speedup:.2f}x < {min_speedup:g}x ({method})"
     return None

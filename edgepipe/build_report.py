@@ -100,7 +100,7 @@ def _quantize_section(stage: dict[str, Any]) -> list[str]:
                       f"samples; largest shift {corrected['largest_shift']:.4g})."]
     if m.get("evaluation_overlap"):
         lines += ["", f"Calibration and evaluation data: {m['evaluation_overlap']}."]
-    speed = m.get("int8_speed")
+    speed = m.get("int8_speed") or m.get("estimated_int8_speed")
     if speed and speed["measured"]:
         host = speed["host"]
         lines += ["", f"Speed on the target's runtime, on this host ({host.get('cpu')}, "
@@ -110,6 +110,14 @@ def _quantize_section(stage: dict[str, Any]) -> list[str]:
                       f"**{speed['speedup']:.2f}x**"
                       + (f" (per pair: {', '.join(f'{r:.2f}x' for r in speed['pair_speedups'])})"
                          if speed.get("pair_speedups") else "") + "."]
+    elif speed and speed.get("estimated"):
+        device = speed["device"]
+        lines += ["", f"Speed **estimated**, not measured ({speed['reason']}): {speed['method']} "
+                      f"({device['target']}: {device['int8_tops']:g} int8 TOPS, "
+                      f"{device['fp16_tflops']:g} fp16 TFLOPS, {device['memory_gbps']:g} GB/s): "
+                      f"fp16 {speed['fp16_ms']:.4f} ms → int8 {speed['int8_ms']:.4f} ms, "
+                      f"**{speed['speedup']:.2f}x** ({speed['int8_layers']} weighted layers int8, "
+                      f"{speed['float_layers']} in fp16)."]
     elif speed:
         lines += ["", f"Speed not measured: {speed['reason']}."]
     budget = m["budget"]
@@ -117,16 +125,18 @@ def _quantize_section(stage: dict[str, Any]) -> list[str]:
               f"{budget['max_metric_drop']:g}, mean cosine ≥ {budget['min_cosine']:g}, speed-up over "
               f"float ≥ {budget.get('min_speedup', 0):g}x; on exceed: {budget['on_exceed']}."]
     if m["fallback"]:
+        estimated = bool(speed and speed.get("estimated"))
+        how = ("estimated for the target's GPU (see above) at every step" if estimated
+               else "timed only for steps within the accuracy budget")
         lines += ["", "Fallback steps, each keeping one more tensor's nodes in float (accuracy on the "
-                      "evaluation data; speed-up over float timed only for steps within the accuracy "
-                      "budget):", "",
+                      f"evaluation data; speed-up over float {how}):", "",
                   "| step | tensor | local SQNR dB | nodes kept in float | mean cosine | top-1 agreement | "
                   "speed-up |", "|---:|---|---:|---|---:|---:|---:|"]
         for step, row in enumerate(m["fallback"], 1):
             lines.append(f"| {step} | `{row['tensor']}` | {row['sqnr_db']} | {', '.join(row['nodes'])} | "
                          f"{_metric(row['mean_cosine_after'], '.5f')} | "
                          f"{_score(row, 'top1_agreement_after', '.3f')} | "
-                         f"{_score(row, 'speedup', '.2f')} |")
+                         f"{_score(row, 'estimated_speedup' if estimated else 'speedup', '.2f')} |")
     if m["worst_layers"]:
         lines += ["", "Worst quantized tensors (local SQNR: the tensor against its own int8 copy):", "",
                   "| tensor | kind | scale | zero point | SQNR dB |", "|---|---|---:|---:|---:|"]

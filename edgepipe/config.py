@@ -50,6 +50,10 @@ class DeviceFacts(StrictModel):
     cpu_features: list[str] | None = Field(
         None, description="the deployment CPU's ISA extensions as /proc/cpuinfo names them "
                           "(avx2, avx512_vnni, amx_int8, asimddp, ...); unset: not known")
+    # GPU peaks for the TensorRT int8 speed estimate (trt/estimate.py): dense tensor-core rates.
+    fp16_tflops: float | None = Field(None, gt=0, description="dense fp16 tensor-core peak, TFLOPS")
+    int8_tops: float | None = Field(None, gt=0, description="dense int8 tensor-core peak, TOPS")
+    memory_gbps: float | None = Field(None, gt=0, description="memory bandwidth, GB/s")
 
     @field_validator("cpu_features")
     @classmethod

@@ -109,7 +109,7 @@ def accept(stage: Stage, model: Artifact, settings: object, ctx: BuildContext, o
             if not violations and judged.speedup is not None and judged.min_speedup > 0:
                 speedup = judged.speedup()
                 slow = None if speedup is None else speed_violation(speedup, judged.min_speedup,
-                                                                    judged.against)
+                                                                    judged.against, judged.speed_method)
                 violations = [slow] if slow else []
             verdicts.append({"candidate": judged.label, "violations": violations})
             if not violations:

@@ -114,6 +114,28 @@ def test_jetson_int8_is_symmetric_qdq_with_its_accuracy_measured(cli, tmp_path, 
     # The lower stage's parity ran the QDQ model in ONNX Runtime: what the engine is built from.
     lower = next(s for s in manifest["stages"] if s["stage"] == "lower")
     assert lower["parity"]["min_cosine"] > 0.99
+    # TensorRT cannot run here: the speed gate read an estimate for the Orin Nano's GPU, which stays
+    # in the bundle (it is as reproducible as the model) and its report.
+    speed = quantize["estimated_int8_speed"]
+    assert speed["estimated"] and not speed["measured"] and speed["device"]["int8_tops"] == 20.0
+    assert speed["int8_layers"] >= 3 and speed["float_layers"] == 0 and 1.1 <= speed["speedup"] <= 2.0
+    assert "Speed **estimated**, not measured" in (out / "report.md").read_text()
+
+
+def test_tensorrt_speed_gate_reads_the_estimate_and_refuses_what_cannot_pay(cli, tmp_path, trained_digits):
+    out = tmp_path / "b"
+    result = cli("build", DIGITS, "--weights", trained_digits["weights"], "--target", "jetson",
+                 "--profile", "int8", "--calib", trained_digits["train"], "--min-speedup", "3", "--out", out)
+    assert result.exit_code == 1 and not out.exists()
+    message = result.stderr.strip().splitlines()[-1]
+    assert "< 3x (estimated for the target's GPU" in message and "Traceback" not in result.stderr
+    # a target whose GPU peaks are not declared is not estimated, and says which facts are missing
+    generic = cli("build", DIGITS, "--weights", trained_digits["weights"], "--target", "nvidia-gpu",
+                  "--profile", "int8", "--calib", trained_digits["train"], "--out", tmp_path / "g")
+    assert generic.exit_code == 0, generic.stderr
+    full_report = (tmp_path / "g.build" / "report.md").read_text()  # the build folder's: what it measured
+    assert "Speed not measured: the target's [device] lacks fp16_tflops, int8_tops, memory_gbps" \
+        in full_report
 
 
 def test_tensorrt_8_int8_builds_from_float_onnx_and_calibration_cache(cli, tmp_path, trained_digits):

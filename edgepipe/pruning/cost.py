@@ -32,7 +32,7 @@ class ModelCost:
                 "compressed_bytes": self.compressed_bytes, "weight_sparsity": round(self.sparsity, 4)}
 
 
-def _shapes(model) -> dict[str, tuple[int, ...]]:
+def static_shapes(model) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {}
     for value in (*model.graph.input, *model.graph.value_info, *model.graph.output):
         dims = value.type.tensor_type.shape.dim
@@ -43,7 +43,7 @@ def _shapes(model) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _node_macs(node, shapes: dict[str, tuple[int, ...]], attrs: dict[str, Any]) -> int:
+def node_macs(node, shapes: dict[str, tuple[int, ...]], attrs: dict[str, Any]) -> int:
     out = shapes.get(node.output[0])
     if node.op_type == "Conv" and out and node.input[1] in shapes:
         return math.prod(out) * math.prod(shapes[node.input[1]][1:])
@@ -62,12 +62,12 @@ def measure(path: Path) -> ModelCost:
     from onnx import numpy_helper
 
     model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
-    shapes = _shapes(model)
+    shapes = static_shapes(model)
     macs = 0
     weight_names: set[str] = set()
     for node in model.graph.node:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        macs += _node_macs(node, shapes, attrs)
+        macs += node_macs(node, shapes, attrs)
         if node.op_type in WEIGHT_OPS and len(node.input) > 1:
             weight_names.add(node.input[1])
     params = zeros = weights = 0

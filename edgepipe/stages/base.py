@@ -60,6 +60,7 @@ class Judgement:
     # `min_speedup` (0: not judged).
     speedup: Callable[[], float | None] | None = None
     min_speedup: float = 0.0
+    speed_method: str = "timed on this host, fresh processes in interleaved rounds"
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from edgepipe.scoring import Evaluator, Scores
 from edgepipe.settings import StrictModel
 from edgepipe.stages.base import BuildContext, Judgement, StageOutcome
 from edgepipe.target_run import target_run
+from edgepipe.trt.estimate import Estimate, estimate, missing_facts
 
 CALIBRATION_CACHE = "calib.cache"
 LOWERING_MIN_COSINE = 0.999  # lowered int8 model vs the quantize stage's own output
@@ -69,8 +70,9 @@ class QuantizeSettings(StrictModel):
     seed: int = 0
     engine: Literal["auto", "onnxruntime", "nncf", "nncf-openvino", "litert"] = Field(
         "auto", description="auto: the target's [int8] engine; nncf-openvino: OpenVINO targets only")
-    method: ranges.Method = Field("auto", description="auto: min-max, percentile and per-tensor MSE ranges "
-                                                      "from one pass, the best on calibration samples")
+    method: ranges.Method = Field("auto", description="auto: min-max, percentile, per-tensor MSE and median "
+                                                      "per-sample max ranges from one pass, the best on "
+                                                      "calibration samples")
     percentile: float = Field(99.99, gt=50, le=100)
     per_channel: bool = True
     bias_correction: bool = Field(True, description="onnxruntime engine: move each layer's mean shift "
@@ -167,7 +169,8 @@ def _size(artifact: Artifact) -> int:
 
 class _Speed:
     """int8 candidates timed against the float model (candidate_timing: fresh processes,
-    interleaved), each at most once, and only where this host runs what the target runs."""
+    interleaved), each at most once, and only where this host runs what the target runs; for
+    TensorRT targets whose GPU peaks are known, estimated against fp16 instead (trt/estimate.py)."""
 
     def __init__(self, float_model: Artifact, ctx: BuildContext, eval_data: EvalData,
                  min_speedup: float) -> None:
@@ -175,15 +178,33 @@ class _Speed:
         self.feed = eval_data.samples[0].feed if eval_data.samples else None
         device = ctx.target.device
         self.why_not = host_runs_target(device.kind, device.isa, ctx.target.backend, device.cpu_features)
-        if self.feed is None:
-            self.why_not = "no sample to time with"
-        elif min_speedup <= 0:
+        self.estimates: dict[Path, Estimate] | None = None
+        if min_speedup <= 0:
             self.why_not = "[quantize.budget] min_speedup = 0"
+        elif ctx.target.backend == "tensorrt":
+            self.why_not = missing_facts(device) or self.why_not
+            if missing_facts(device) is None:
+                self.estimates = {}
+        elif self.feed is None:
+            self.why_not = "no sample to time with"
+        self.method = ("estimated for the target's GPU: a roofline of each weighted layer from its MACs "
+                       "and bytes at the [device] peaks, TensorRT not on this host"
+                       if self.estimates is not None else
+                       "timed on this host, fresh processes in interleaved rounds")
         self.precision = getattr(ctx.profile.stage_settings.get("lower"), "precision", "f32")
         self._timed: dict[Path, Speedup] = {}
 
+    def key(self, name: str) -> str:
+        """The metrics key: a timing is measured (left out of the bundle's manifest, manifest.py);
+        an estimate is as reproducible as the model it is read from, and stays."""
+        return f"estimated_{name}" if self.estimates is not None else name
+
     def of(self, candidate: Artifact) -> float | None:
         """float time / int8 time; None where not timed here."""
+        if self.estimates is not None:
+            if candidate.path not in self.estimates and candidate.format == "onnx":
+                self.estimates[candidate.path] = estimate(candidate.path, self.ctx.target.device)
+            return self.measured(candidate)
         if self.why_not is not None:
             return None
         if candidate.path not in self._timed:
@@ -198,11 +219,18 @@ class _Speed:
 
     def measured(self, candidate: Artifact) -> float | None:
         """The speed-up if `of` already timed this candidate (never times anything)."""
+        if self.estimates is not None:
+            found = self.estimates.get(candidate.path)
+            return None if found is None else found.speedup
         if candidate.path not in self._timed:
             return None
         return self._timed[candidate.path].value
 
     def summary(self, candidate: Artifact) -> str:
+        if self.estimates is not None:
+            found = self.estimates[candidate.path]
+            return (f"estimated int8 {found.int8_ms:.3f} ms vs fp16 {found.fp16_ms:.3f} ms on "
+                    f"{self.ctx.target.name}'s GPU")
         timed = self._timed[candidate.path]
         pairs = ", ".join(f"{r:.2f}x" for r in timed.ratios)
         return (f"int8 {timed.candidate_ms:.3f} ms vs float {timed.baseline_ms:.3f} ms on this host; "
@@ -210,6 +238,12 @@ class _Speed:
 
     def record(self, candidate: Artifact) -> dict[str, Any]:
         """For the report: what was timed, how, and where; or why nothing was."""
+        if self.estimates is not None and candidate.path in self.estimates:
+            device = self.ctx.target.device
+            return {"measured": False, "estimated": True, "reason": self.why_not,
+                    **self.estimates[candidate.path].to_json(), "method": self.method,
+                    "device": {"target": self.ctx.target.name, "fp16_tflops": device.fp16_tflops,
+                               "int8_tops": device.int8_tops, "memory_gbps": device.memory_gbps}}
         if self.why_not is not None or candidate.path not in self._timed:
             return {"measured": False, "reason": self.why_not or "not timed"}
         from edgepipe.profiler.device_info import host_facts
@@ -329,8 +363,8 @@ class QuantizeStage:
             probe = Evaluator(calibration_eval(iter(job.probe), "calibration samples"), run)
         ctx.progress(f"quantize: writing int8 ({engine.name})")
         if settings.method == "auto" and isinstance(engine, OnnxRuntimeStatic):
-            first, search = self._range_search(engine, job, counts["histograms"], cache, probe, settings,
-                                               ctx, work)
+            first, search = self._range_search(engine, job, counts["histograms"], counts["extremes"], cache,
+                                               probe, settings, ctx, work)
             base_metrics["calibration"]["search"] = search
             base_metrics["calibration"]["ranges"] = search["chosen"]
         else:
@@ -352,13 +386,13 @@ class QuantizeStage:
             judgement = Judgement(scores, evaluator.float_scores, evaluator.float_metric, settings.budget,
                                   "float", label=label, subject="int8 quantization", context=context,
                                   remedy=remedy, speedup=lambda: speed.of(candidate),
-                                  min_speedup=settings.budget.min_speedup)
+                                  min_speedup=settings.budget.min_speedup, speed_method=speed.method)
 
             def complete() -> None:
-                metrics["int8_speed"] = speed.record(candidate)
+                metrics[speed.key("int8_speed")] = speed.record(candidate)
                 measured = speed.measured(candidate)
                 if measured is not None and label != "every layer int8" and metrics["fallback"]:
-                    metrics["fallback"][-1]["speedup"] = round(measured, 3)  # the step that ships
+                    metrics["fallback"][-1][speed.key("speedup")] = round(measured, 3)  # the step that ships
                 metrics["calibration_cache"] = self._tensorrt_cache(
                     cache, candidate.path if candidate.format == "onnx" else None, ctx,
                     base_metrics["calibration"]["ranges"])
@@ -445,26 +479,28 @@ class QuantizeStage:
                           f"{budget.max_fallback}; best step {best + 1}: mean cosine "
                           f"{_metric(rows[best]['mean_cosine_after'])}, top-1 agreement "
                           f"{_metric(rows[best]['top1_agreement_after'])})", "")
-            measured = speed.measured(candidate)
+            # an estimate costs a shape inference, so every step gets one; a timing only steps
+            # within the accuracy budget (the pipeline's judgement asked for it)
+            measured = speed.of(candidate) if speed.estimates is not None else speed.measured(candidate)
             if measured is not None:
-                row["speedup"] = round(measured, 3)
+                row[speed.key("speedup")] = round(measured, 3)
                 if measured < budget.min_speedup:
                     return  # within accuracy but no longer paying: more float pays even less
             layers = engine.rank(job, candidate)
 
     @staticmethod
-    def _range_search(engine: OnnxRuntimeStatic, job: Int8Job, histograms: dict, cache: Path,
+    def _range_search(engine: OnnxRuntimeStatic, job: Int8Job, histograms: dict, extremes: dict, cache: Path,
                       probe: Evaluator, settings: QuantizeSettings, ctx: BuildContext,
                       work: Path) -> tuple[Artifact, dict[str, Any]]:
-        """`method = "auto"`: min-max, percentile and per-tensor MSE ranges, all from one histogram
-        pass, each written as int8 and scored on calibration samples (never the evaluation data);
-        the best output cosine wins and its ranges become the stage's cache.
+        """`method = "auto"`: min-max, percentile, per-tensor MSE and median per-sample max ranges, all
+        from one calibration pass, each written as int8 and scored on calibration samples (never the
+        evaluation data); the best output cosine wins and its ranges become the stage's cache.
 
         No one rule wins everywhere: on MobileNetV2 (real weights, real photos, ONNX Runtime) this
         search scored percentile 0.985, MSE 0.982, min-max 0.973; min-max keeps the rare large
         values that percentile clips."""
         caches = ranges.candidate_caches(cache, histograms, symmetric=ctx.target.int8.symmetric_activations,
-                                         percentile=settings.percentile)
+                                         percentile=settings.percentile, extremes=extremes)
         written: dict[str, Artifact] = {}
         cosines: dict[str, float | None] = {}
         for method, path in caches.items():
