@@ -51,8 +51,10 @@ def task_violations(base: Scores, base_metric: float | None, scores: Scores, bud
     return found
 
 
-def speed_violation(speedup: float, min_speedup: float, against: str,
-                    method: str = "timed on this host, fresh processes in interleaved rounds") -> str | None:
+TIMED = "timed on this host, fresh processes in interleaved rounds"  # how a speed-up is usually known
+
+
+def speed_violation(speedup: float, min_speedup: float, against: str, method: str = TIMED) -> str | None:
     """A candidate that is not faster than the model it replaces by `min_speedup` is not worth
     its accuracy loss. `speedup` is the baseline's time over the candidate's."""
     if min_speedup > 0 and not speedup >= min_speedup:

@@ -114,10 +114,11 @@ def _quantize_section(stage: dict[str, Any]) -> list[str]:
         device = speed["device"]
         lines += ["", f"Speed **estimated**, not measured ({speed['reason']}): {speed['method']} "
                       f"({device['target']}: {device['int8_tops']:g} int8 TOPS, "
-                      f"{device['fp16_tflops']:g} fp16 TFLOPS, {device['memory_gbps']:g} GB/s): "
-                      f"fp16 {speed['fp16_ms']:.4f} ms → int8 {speed['int8_ms']:.4f} ms, "
+                      f"{device['fp16_tflops']:g} fp16 and {device['fp32_tflops']:g} fp32 TFLOPS, "
+                      f"{device['memory_gbps']:g} GB/s): "
+                      f"fp16 engine {speed['fp16_ms']:.4g} ms → int8 engine {speed['int8_ms']:.4g} ms, "
                       f"**{speed['speedup']:.2f}x** ({speed['int8_layers']} weighted layers int8, "
-                      f"{speed['float_layers']} in fp16)."]
+                      f"{speed['float_layers']} float)."]
     elif speed:
         lines += ["", f"Speed not measured: {speed['reason']}."]
     budget = m["budget"]

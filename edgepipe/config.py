@@ -52,6 +52,8 @@ class DeviceFacts(StrictModel):
                           "(avx2, avx512_vnni, amx_int8, asimddp, ...); unset: not known")
     # GPU peaks for the TensorRT int8 speed estimate (trt/estimate.py): dense tensor-core rates.
     fp16_tflops: float | None = Field(None, gt=0, description="dense fp16 tensor-core peak, TFLOPS")
+    fp32_tflops: float | None = Field(None, gt=0, description="fp32 peak as TensorRT runs float layers "
+                                                              "(TF32 tensor cores where the GPU has them)")
     int8_tops: float | None = Field(None, gt=0, description="dense int8 tensor-core peak, TOPS")
     memory_gbps: float | None = Field(None, gt=0, description="memory bandwidth, GB/s")
 

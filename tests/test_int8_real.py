@@ -163,7 +163,7 @@ def test_tensorrt_int8_of_real_mobilenet_takes_typical_sample_ranges_and_tensorr
     assert len(clips) == 35 and not any(reads[0] for reads in clips)
 
     class Orin:
-        fp16_tflops, int8_tops, memory_gbps = 10.0, 20.0, 68.0
+        fp16_tflops, fp32_tflops, int8_tops, memory_gbps = 10.0, 5.0, 20.0, 68.0
 
     assert estimate(real_mobilenet, Orin()).speedup == 1.0
     found = estimate(tmp_path / "median_max.onnx", Orin())
@@ -171,7 +171,7 @@ def test_tensorrt_int8_of_real_mobilenet_takes_typical_sample_ranges_and_tensorr
     first_conv = next(n.name for n in onnx.load(str(real_mobilenet)).graph.node if n.op_type == "Conv")
     write_qdq(real_mobilenet, caches["median_max"], tmp_path / "fallback.onnx", scheme=scheme,
               method="minmax", per_channel=True, exclude=[first_conv])
-    assert 1.0 < estimate(tmp_path / "fallback.onnx", Orin()).speedup < found.speedup
+    assert 1.0 < estimate(tmp_path / "fallback.onnx", Orin(), "fp32").speedup < found.speedup
 
 
 def test_median_max_range_is_the_typical_samples_extremes():
@@ -182,6 +182,35 @@ def test_median_max_range_is_the_typical_samples_extremes():
     assert median_max_range(extremes, -9.0, 40.0, symmetric=True) == (-3.0, 3.0)
     assert median_max_range([(0.0, 6.0), (0.0, 5.0), (0.0, 4.0)], 0.0, 6.0, symmetric=False) == (0.0, 5.0)
     assert median_max_range([], -1.0, 1.0, symmetric=True) == (-1.0, 1.0)
+    # zero in most samples (a sparse ReLU): the observed range, not a collapsed one
+    assert median_max_range([(0.0, 0.0), (0.0, 0.0), (0.0, 5.0)], 0.0, 5.0, symmetric=False) == (0.0, 5.0)
+
+
+def test_tensorrt_estimate_prices_float_layers_as_the_plan_runs_them_and_declines_unknown_shapes(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    from edgepipe.trt.estimate import estimate
+
+    class Orin:
+        int8_tops, fp16_tflops, fp32_tflops, memory_gbps = 20.0, 10.0, 5.0, 68.0
+
+    def conv_model(batch: int | str) -> Path:
+        weight = helper.make_tensor("w", TensorProto.FLOAT, [64, 64, 3, 3], np.zeros(64 * 64 * 9).tolist())
+        inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 64, 56, 56])]
+        outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+        graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])], "g",
+                                  inputs, outputs, [weight])
+        path = tmp_path / f"conv-{batch}.onnx"
+        onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+        return path
+
+    static = conv_model(1)
+    # a float layer in a strongly typed int8 network (TensorRT 10) runs fp32: slower than the fp16 engine
+    slower = estimate(static, Orin(), "fp32")
+    assert slower is not None and slower.float_layers == 1 and slower.speedup == pytest.approx(0.5)
+    assert estimate(static, Orin(), "fp16").speedup == pytest.approx(1.0)  # TensorRT 8: --int8 --fp16
+    assert estimate(conv_model("N"), Orin()) is None  # nothing sized: no estimate, not "1.0x"
 
 
 @pytest.mark.slow

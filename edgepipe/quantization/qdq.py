@@ -38,6 +38,7 @@ def write_qdq(model: Path, cache: Path, output: Path, *, scheme: Int8Scheme, met
     if scheme.placement == "inputs":
         op_types = op_types or INPUT_PLACEMENT_OPS
         options["OpTypesToExcludeOutputQuantization"] = list(op_types)
+        exclude = [*exclude, *_constant_adds(model)]
     # onnxruntime warns about pre-processing on every call; the stage has done it.
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)
@@ -56,6 +57,18 @@ def write_qdq(model: Path, cache: Path, output: Path, *, scheme: Int8Scheme, met
     float_outputs(output)
     if scheme.placement == "inputs":
         fusable_residuals(output)
+
+
+def _constant_adds(path: Path) -> list[str]:
+    """Add nodes with a constant input (a bias, an anchor grid): not residual Adds, nothing for
+    TensorRT to fuse, and a per-tensor int8 constant only loses precision."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    constants = {tensor.name for tensor in graph.initializer}
+    constants |= {out for node in graph.node if node.op_type == "Constant" for out in node.output}
+    return [node.name for node in graph.node
+            if node.op_type == "Add" and any(name in constants for name in node.input)]
 
 
 def _uses(graph) -> tuple[dict, dict]:

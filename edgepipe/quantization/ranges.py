@@ -67,8 +67,8 @@ def _extremes_collector(calibrator):
                 seen = self.extremes.setdefault(name, [])
                 for output in outputs:
                     values = np.asarray(output)
-                    if values.size:
-                        seen.append((float(values.min()), float(values.max())))
+                    if values.size and not np.isnan(values).all():  # ORT's own collectors skip NaN too
+                        seen.append((float(np.nanmin(values)), float(np.nanmax(values))))
             return super().collect(name_to_arr)
 
     return Collector()
@@ -76,7 +76,8 @@ def _extremes_collector(calibrator):
 
 def median_max_range(extremes: list[tuple[float, float]], lowest: float, highest: float, *,
                      symmetric: bool) -> tuple[float, float]:
-    """The median over calibration samples of each sample's own extremes.
+    """The median over calibration feeds of each feed's own extremes (a feed of batch N counts
+    as one: its extremes are the batch's).
 
     A global min-max range is set by the one sample with the widest values, and every other
     sample then rounds more coarsely than it needs; the typical sample's extremes fit most
@@ -88,8 +89,14 @@ def median_max_range(extremes: list[tuple[float, float]], lowest: float, highest
     lows, highs = np.array(extremes, np.float64).T
     if symmetric:
         bound = float(np.median(np.maximum(np.abs(lows), np.abs(highs))))
-        return -bound, bound
-    return min(float(np.median(lows)), 0.0), max(float(np.median(highs)), 0.0)
+        lo, hi = -bound, bound
+    else:
+        lo, hi = min(float(np.median(lows)), 0.0), max(float(np.median(highs)), 0.0)
+    if hi - lo <= 1e-6 * max(highest - lowest, 1e-30):
+        # zero in most samples (a sparse ReLU): a collapsed range would round the rest to 0
+        return (-max(abs(lowest), abs(highest)), max(abs(lowest), abs(highest))) if symmetric \
+            else (lowest, highest)
+    return lo, hi
 
 
 def mse_range(hist: np.ndarray, edges: np.ndarray, lowest: float, highest: float, *,
@@ -230,9 +237,9 @@ def calibrate(model: Path, samples: Iterable[dict[str, np.ndarray]], cache: Path
             count += len(chunk)
             on_chunk(count)
         if method in HISTOGRAM_METHODS:
-            histograms, extremes = calibrator.collector.histogram_dict, calibrator.collector.extremes
-            if not histograms:
+            if count == 0:
                 raise BackendError(f"no calibration samples reached {model.name}")
+            histograms, extremes = calibrator.collector.histogram_dict, calibrator.collector.extremes
             # auto's own cache holds min-max ranges until the stage has chosen.
             ranges = _ranges_from_histograms(histograms, "minmax" if method == "auto" else method,
                                              symmetric=symmetric, percentile=percentile, extremes=extremes)

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, Protocol
 from pydantic import BaseModel
 
 from edgepipe.artifact import Artifact, TensorSpec
-from edgepipe.budget import TaskBudget
+from edgepipe.budget import TIMED, TaskBudget
 from edgepipe.config import Profile, Target
 from edgepipe.parity import ParityReport
 from edgepipe.reference import Reference
@@ -60,7 +60,7 @@ class Judgement:
     # `min_speedup` (0: not judged).
     speedup: Callable[[], float | None] | None = None
     min_speedup: float = 0.0
-    speed_method: str = "timed on this host, fresh processes in interleaved rounds"
+    speed_method: str = TIMED
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from pydantic import Field
 
 from edgepipe import onnx_model
 from edgepipe.artifact import Artifact
-from edgepipe.budget import allowed_drop
+from edgepipe.budget import TIMED, allowed_drop
 from edgepipe.candidate_timing import ROUNDS, RUNS, Speedup, host_runs_target, speedup
 from edgepipe.config import AccuracyBudget
 from edgepipe.data.evaluation import EvalData, calibration_eval, eval_data_for
@@ -38,7 +38,9 @@ from edgepipe.scoring import Evaluator, Scores
 from edgepipe.settings import StrictModel
 from edgepipe.stages.base import BuildContext, Judgement, StageOutcome
 from edgepipe.target_run import target_run
+from edgepipe.trt.estimate import FACTS as GPU_FACTS
 from edgepipe.trt.estimate import Estimate, estimate, missing_facts
+from edgepipe.trt.versions import TensorRtVersion
 
 CALIBRATION_CACHE = "calib.cache"
 LOWERING_MIN_COSINE = 0.999  # lowered int8 model vs the quantize stage's own output
@@ -178,19 +180,25 @@ class _Speed:
         self.feed = eval_data.samples[0].feed if eval_data.samples else None
         device = ctx.target.device
         self.why_not = host_runs_target(device.kind, device.isa, ctx.target.backend, device.cpu_features)
-        self.estimates: dict[Path, Estimate] | None = None
+        self.estimates: dict[Path, Estimate | None] | None = None
+        self.float_precision = "fp16"
         if min_speedup <= 0:
             self.why_not = "[quantize.budget] min_speedup = 0"
         elif ctx.target.backend == "tensorrt":
             self.why_not = missing_facts(device) or self.why_not
             if missing_facts(device) is None:
                 self.estimates = {}
+                # TensorRT 10/11 build int8 as a strongly typed QDQ network: its float layers run
+                # fp32 (TF32); TensorRT 8's --int8 --fp16 runs them in fp16.
+                lower = ctx.target.lower
+                version = TensorRtVersion.parse(lower.tensorrt_version).rules
+                self.float_precision = "fp16" if version.calibrator and not version.strongly_typed_flag \
+                    else "fp32"
         elif self.feed is None:
             self.why_not = "no sample to time with"
-        self.method = ("estimated for the target's GPU: a roofline of each weighted layer from its MACs "
-                       "and bytes at the [device] peaks, TensorRT not on this host"
-                       if self.estimates is not None else
-                       "timed on this host, fresh processes in interleaved rounds")
+        self.method = (f"estimated for the target's GPU: a roofline of each weighted layer from its MACs "
+                       f"and bytes at the [device] peaks, float layers in {self.float_precision}, TensorRT "
+                       f"not on this host" if self.estimates is not None else TIMED)
         self.precision = getattr(ctx.profile.stage_settings.get("lower"), "precision", "f32")
         self._timed: dict[Path, Speedup] = {}
 
@@ -203,7 +211,8 @@ class _Speed:
         """float time / int8 time; None where not timed here."""
         if self.estimates is not None:
             if candidate.path not in self.estimates and candidate.format == "onnx":
-                self.estimates[candidate.path] = estimate(candidate.path, self.ctx.target.device)
+                self.estimates[candidate.path] = estimate(candidate.path, self.ctx.target.device,
+                                                          self.float_precision)
             return self.measured(candidate)
         if self.why_not is not None:
             return None
@@ -229,7 +238,8 @@ class _Speed:
     def summary(self, candidate: Artifact) -> str:
         if self.estimates is not None:
             found = self.estimates[candidate.path]
-            return (f"estimated int8 {found.int8_ms:.3f} ms vs fp16 {found.fp16_ms:.3f} ms on "
+            assert found is not None
+            return (f"estimated int8 {found.int8_ms:.4g} ms vs fp16 {found.fp16_ms:.4g} ms on "
                     f"{self.ctx.target.name}'s GPU")
         timed = self._timed[candidate.path]
         pairs = ", ".join(f"{r:.2f}x" for r in timed.ratios)
@@ -239,11 +249,16 @@ class _Speed:
     def record(self, candidate: Artifact) -> dict[str, Any]:
         """For the report: what was timed, how, and where; or why nothing was."""
         if self.estimates is not None and candidate.path in self.estimates:
+            found = self.estimates[candidate.path]
+            if found is None:
+                return {"measured": False, "reason": "no weighted layer of the int8 model could be "
+                                                     "sized (dynamic shapes?): its TensorRT speed is not "
+                                                     "estimated"}
             device = self.ctx.target.device
             return {"measured": False, "estimated": True, "reason": self.why_not,
-                    **self.estimates[candidate.path].to_json(), "method": self.method,
-                    "device": {"target": self.ctx.target.name, "fp16_tflops": device.fp16_tflops,
-                               "int8_tops": device.int8_tops, "memory_gbps": device.memory_gbps}}
+                    **found.to_json(), "method": self.method,
+                    "device": {"target": self.ctx.target.name,
+                               **{name: getattr(device, name) for name in GPU_FACTS}}}
         if self.why_not is not None or candidate.path not in self._timed:
             return {"measured": False, "reason": self.why_not or "not timed"}
         from edgepipe.profiler.device_info import host_facts
@@ -415,6 +430,8 @@ class QuantizeStage:
         first_speedup = speed.of(first)  # None where not timed (min_speedup 0 included)
         if first_speedup is not None and first_speedup < budget.min_speedup:
             yield outcome(first, first_scores, "every layer int8", f" ({speed.summary(first)})",
+                          "no fallback can make it faster: ship fp16 (--profile fp16), or --min-speedup 0 "
+                          "if the estimate is wrong for this model" if speed.estimates is not None else
                           "no fallback can make it faster: ship the float model (--profile fp32, or "
                           "--profile auto to time every precision), or --min-speedup 0 when the device "
                           "is not this host")

@@ -3,8 +3,12 @@
 TensorRT cannot run here, so the quantize stage's speed gate for TensorRT targets reads this
 estimate instead of a timing: a roofline per weighted layer (Conv, ConvTranspose, Gemm, MatMul),
 each taking the longer of its arithmetic at the GPU's dense tensor-core peak and its bytes at the
-GPU's memory bandwidth, int8 where both its input and weight are quantized, fp16 otherwise.
-Element-wise layers are left out: TensorRT fuses them into the weighted layer before them.
+GPU's memory bandwidth. The fp16 engine runs every layer in fp16; the int8 engine runs a layer in
+int8 where both its input and weight are quantized, and the rest in the precision its plan gives
+float layers: fp32 (TF32 on Ampere) in a strongly typed QDQ network (TensorRT 10/11), fp16 with
+TensorRT 8's `--int8 --fp16`. Element-wise layers are left out: TensorRT fuses them into the
+weighted layer before them. No per-layer launch overhead is modelled, so on tiny networks, where
+that overhead dominates, the estimate is optimistic.
 The numbers per device are the target's `[device]` facts (NVIDIA's module data sheets) and the
 report calls the result an estimate; a lent GPU checks it against `trtexec`.
 """
@@ -22,8 +26,12 @@ from edgepipe.pruning.cost import WEIGHT_OPS, node_macs, static_shapes
 
 class GpuFacts(Protocol):
     fp16_tflops: float | None
+    fp32_tflops: float | None
     int8_tops: float | None
     memory_gbps: float | None
+
+
+FACTS = ("int8_tops", "fp16_tflops", "fp32_tflops", "memory_gbps")
 
 
 @dataclass(frozen=True)
@@ -38,14 +46,14 @@ class Estimate:
         return self.fp16_ms / self.int8_ms if self.int8_ms > 0 else 1.0
 
     def to_json(self) -> dict[str, Any]:
-        return {"fp16_ms": round(self.fp16_ms, 4), "int8_ms": round(self.int8_ms, 4),
+        return {"fp16_ms": float(f"{self.fp16_ms:.4g}"), "int8_ms": float(f"{self.int8_ms:.4g}"),
                 "speedup": round(self.speedup, 3), "int8_layers": self.int8_layers,
                 "float_layers": self.float_layers}
 
 
 def missing_facts(device: GpuFacts) -> str | None:
     """Why no estimate can be made for this device, or None."""
-    absent = [name for name in ("fp16_tflops", "int8_tops", "memory_gbps") if getattr(device, name) is None]
+    absent = [name for name in FACTS if getattr(device, name) is None]
     return f"the target's [device] lacks {', '.join(absent)}" if absent else None
 
 
@@ -63,14 +71,21 @@ def _source(name: str, producers: dict) -> str:
     return name
 
 
-def estimate(model: Path, device: GpuFacts) -> Estimate:
-    """fp16 and int8 milliseconds of `model` (QDQ ONNX; a float model gives int8 == fp16)."""
+def estimate(model: Path, device: GpuFacts, float_precision: str = "fp16") -> Estimate | None:
+    """fp16-engine and int8-engine milliseconds of `model` (QDQ ONNX; a float model gives the
+    int8 engine fp16's time when `float_precision` is fp16); None where no weighted layer could
+    be sized (dynamic shapes, no Conv/Gemm/MatMul, a graph shape inference cannot read)."""
     import onnx
 
-    graph_model = onnx.shape_inference.infer_shapes(onnx.load(str(model), load_external_data=False))
+    try:
+        graph_model = onnx.shape_inference.infer_shapes(onnx.load(str(model), load_external_data=False))
+    except Exception:
+        return None
     shapes = static_shapes(graph_model)
     producers = {out: node for node in graph_model.graph.node for out in node.output}
-    assert device.fp16_tflops and device.int8_tops and device.memory_gbps
+    assert device.fp16_tflops and device.fp32_tflops and device.int8_tops and device.memory_gbps
+    float_rate, float_bytes = ((device.fp32_tflops, 4) if float_precision == "fp32"
+                               else (device.fp16_tflops, 2))
     fp16_ms = int8_ms = 0.0
     int8_layers = float_layers = 0
     for node in graph_model.graph.node:
@@ -90,6 +105,8 @@ def estimate(model: Path, device: GpuFacts) -> Estimate:
             int8_ms += max(2 * macs / (device.int8_tops * 1e9), elements / (device.memory_gbps * 1e6))
             int8_layers += 1
         else:
-            int8_ms += fp16
+            int8_ms += max(2 * macs / (float_rate * 1e9), float_bytes * elements / (device.memory_gbps * 1e6))
             float_layers += 1
+    if not int8_layers + float_layers:
+        return None
     return Estimate(fp16_ms, int8_ms, int8_layers, float_layers)
