@@ -38,7 +38,7 @@ def write_qdq(model: Path, cache: Path, output: Path, *, scheme: Int8Scheme, met
     if scheme.placement == "inputs":
         op_types = op_types or INPUT_PLACEMENT_OPS
         options["OpTypesToExcludeOutputQuantization"] = list(op_types)
-        exclude = [*exclude, *_constant_adds(model)]
+        exclude = [*exclude, *_non_residual_adds(model)]
     # onnxruntime warns about pre-processing on every call; the stage has done it.
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)
@@ -59,16 +59,34 @@ def write_qdq(model: Path, cache: Path, output: Path, *, scheme: Int8Scheme, met
         fusable_residuals(output)
 
 
-def _constant_adds(path: Path) -> list[str]:
-    """Add nodes with a constant input (a bias, an anchor grid): not residual Adds, nothing for
-    TensorRT to fuse, and a per-tensor int8 constant only loses precision."""
+# Element-wise activations TensorRT fuses into the weighted layer before them (SiLU is Sigmoid*Mul).
+FUSED_ACTIVATIONS = ("Relu", "Clip", "Sigmoid", "Mul", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh", "Elu")
+
+
+def _non_residual_adds(path: Path) -> list[str]:
+    """Add nodes that are not residual Adds: one with a constant input (a bias, an anchor grid), or
+    none of whose inputs a Conv/Gemm/MatMul computes (through fused activations), such as a
+    detector's box decode. TensorRT has nothing to fuse there, and int8 would only round them
+    (box coordinates of a 320-pixel YOLOv8n to 1.3-pixel steps)."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph
     constants = {tensor.name for tensor in graph.initializer}
     constants |= {out for node in graph.node if node.op_type == "Constant" for out in node.output}
-    return [node.name for node in graph.node
-            if node.op_type == "Add" and any(name in constants for name in node.input)]
+    producers = {out: node for node in graph.node for out in node.output}
+
+    def computed_by_weighted_op(name: str, depth: int = 0) -> bool:
+        node = producers.get(name)
+        if node is None or depth > 4:
+            return False
+        if node.op_type in FUSES_RESIDUAL:
+            return True
+        return node.op_type in FUSED_ACTIVATIONS and any(
+            computed_by_weighted_op(source, depth + 1) for source in node.input if source not in constants)
+
+    return [node.name for node in graph.node if node.op_type == "Add" and (
+        any(name in constants for name in node.input)
+        or not any(computed_by_weighted_op(name) for name in node.input))]
 
 
 def _uses(graph) -> tuple[dict, dict]:

@@ -82,6 +82,8 @@ def estimate(model: Path, device: GpuFacts, float_precision: str = "fp16") -> Es
     except Exception:
         return None
     shapes = static_shapes(graph_model)
+    fp16_weights = {tensor.name for tensor in graph_model.graph.initializer
+                    if tensor.data_type == onnx.TensorProto.FLOAT16}
     producers = {out: node for node in graph_model.graph.node for out in node.output}
     assert device.fp16_tflops and device.fp32_tflops and device.int8_tops and device.memory_gbps
     float_rate, float_bytes = ((device.fp32_tflops, 4) if float_precision == "fp32"
@@ -105,7 +107,10 @@ def estimate(model: Path, device: GpuFacts, float_precision: str = "fp16") -> Es
             int8_ms += max(2 * macs / (device.int8_tops * 1e9), elements / (device.memory_gbps * 1e6))
             int8_layers += 1
         else:
-            int8_ms += max(2 * macs / (float_rate * 1e9), float_bytes * elements / (device.memory_gbps * 1e6))
+            # strongly typed networks run a layer in its tensors' type: fp16 weights run fp16
+            half = node.input[1] in fp16_weights
+            rate, size = (device.fp16_tflops, 2) if half else (float_rate, float_bytes)
+            int8_ms += max(2 * macs / (rate * 1e9), size * elements / (device.memory_gbps * 1e6))
             float_layers += 1
     if not int8_layers + float_layers:
         return None
