@@ -191,17 +191,36 @@ MODELS = {
 }
 
 
-def bench_model(spec: RealModel, work: Path, args: argparse.Namespace) -> dict[str, object]:
+@dataclass(frozen=True)
+class Prepared:
+    """One real model and its photos, as arrays and as edgepipe --calib/--eval files."""
+
+    model: Path
+    calib_images: np.ndarray
+    eval_images: np.ndarray
+    labels: np.ndarray | None
+    calib: Path
+    evaluation: Path
+
+
+def prepare(spec: RealModel, work: Path) -> Prepared:
+    """128 calibration views and the evaluation views, from disjoint photos."""
     model = spec.locate(work)
     calib_images, _ = photos.dataset("calibration", 128, seed=0, size=spec.size, normalize=spec.normalize)
     eval_images, labels = photos.dataset("evaluation", spec.evaluation, seed=1, size=spec.size,
                                          normalize=spec.normalize)
-    labels = labels if spec.labelled else None
     calib = photos.write_npz("calibration", 128, work / "calib.npz", input_name=spec.input_name,
                              size=spec.size, normalize=spec.normalize, labels=False)
     evaluation = photos.write_npz("evaluation", spec.evaluation, work / "eval.npz", seed=1,
                                   input_name=spec.input_name, size=spec.size, normalize=spec.normalize,
                                   labels=spec.labelled)
+    return Prepared(model, calib_images, eval_images, labels if spec.labelled else None, calib, evaluation)
+
+
+def bench_model(spec: RealModel, work: Path, args: argparse.Namespace) -> dict[str, object]:
+    data = prepare(spec, work)
+    model, calib_images, eval_images, labels = data.model, data.calib_images, data.eval_images, data.labels
+    calib, evaluation = data.calib, data.evaluation
     results: dict[str, object] = {"model": spec.title, "evaluation_views": spec.evaluation}
     for target, runtime in (("onnxruntime-cpu", "ort"), ("openvino-cpu", "ov")):
         print(f"== {model.name} {target}", flush=True)

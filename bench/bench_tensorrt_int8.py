@@ -34,7 +34,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench_int8_real import MODELS, RealModel, bundle_model, edgepipe_build
+from bench_int8_real import MODELS, RealModel, bundle_model, edgepipe_build, prepare
 from common import ROOT, write_report
 
 from tests.third_party import photos
@@ -108,16 +108,9 @@ def bench_model(spec: RealModel, work: Path) -> dict[str, object]:
     from edgepipe.trt.estimate import estimate
 
     device = load_target(TARGET).device
-    model = spec.locate(work)
-    calib_images, _ = photos.dataset("calibration", 128, seed=0, size=spec.size, normalize=spec.normalize)
-    eval_images, labels = photos.dataset("evaluation", spec.evaluation, seed=1, size=spec.size,
-                                         normalize=spec.normalize)
-    labels = labels if spec.labelled else None
-    calib = photos.write_npz("calibration", 128, work / "calib.npz", input_name=spec.input_name,
-                             size=spec.size, normalize=spec.normalize, labels=False)
-    evaluation = photos.write_npz("evaluation", spec.evaluation, work / "eval.npz", seed=1,
-                                  input_name=spec.input_name, size=spec.size, normalize=spec.normalize,
-                                  labels=spec.labelled)
+    data = prepare(spec, work)
+    model, calib_images, eval_images, labels = data.model, data.calib_images, data.eval_images, data.labels
+    calib, evaluation = data.calib, data.evaluation
     modelopt_calib = work / "calib-modelopt.npz"  # ModelOpt batches along axis 0: (N, 3, H, W)
     np.savez(modelopt_calib, **{spec.input_name: calib_images})
     rows: dict[str, dict] = {}
