@@ -130,9 +130,9 @@ class OpenVinoBackend:
         OpenVINO's two ONNX readers disagree on int8: on nudenet's YOLOv8n (NNCF's QDQ) the core
         reader's model scored output cosine 0.984 against float, convert_model's 0.9997, and
         lowering then refused the better IR as unlike the model the quantize stage had judged."""
-        if artifact.format == "onnx" and _has_qdq(artifact.path):
-            ir = artifact.path.with_name(f"{artifact.path.stem}.candidate.xml")
-            if not ir.is_file():
+        ir = artifact.path.with_name(f"{artifact.path.stem}.candidate.xml")
+        if artifact.format == "onnx" and (ir.is_file() or _has_qdq(artifact.path)):
+            if not ir.is_file():  # converted once per candidate, however often it is scored
                 ov = _ov("scoring int8 candidates on OpenVINO")
                 try:
                     ov.save_model(ov.convert_model(str(artifact.path)), str(ir), compress_to_fp16=False)

@@ -97,7 +97,7 @@ def make_plan(model: Artifact, lower: TensorRtLowerSettings, precision: str, qua
               "dla_core": None if lower.dla_core < 0 else lower.dla_core,
               "gpu_fallback": lower.gpu_fallback, "sparsity": sparsity, "shapes": shapes,
               "builder_optimization_level": lower.builder_optimization_level}
-    if quantized and rules.calibrator and version.major < 10:
+    if quantized and version.int8_from_calibration_cache:
         return EnginePlan(FLOAT_SOURCE, precision="int8", int8_mode="calibration-cache", fp16_flag=True,
                           calibration_cache=CALIBRATION_CACHE, **common)
     if quantized:

@@ -185,15 +185,12 @@ class _Speed:
         if min_speedup <= 0:
             self.why_not = "[quantize.budget] min_speedup = 0"
         elif ctx.target.backend == "tensorrt":
-            self.why_not = missing_facts(device) or self.why_not
-            if missing_facts(device) is None:
+            missing = missing_facts(device)
+            self.why_not = missing or self.why_not
+            if missing is None:
                 self.estimates = {}
-                # TensorRT 10/11 build int8 as a strongly typed QDQ network: its float layers run
-                # fp32 (TF32); TensorRT 8's --int8 --fp16 runs them in fp16.
-                lower = ctx.target.lower
-                version = TensorRtVersion.parse(lower.tensorrt_version).rules
-                self.float_precision = "fp16" if version.calibrator and not version.strongly_typed_flag \
-                    else "fp32"
+                version = TensorRtVersion.parse(ctx.target.lower.tensorrt_version)
+                self.float_precision = "fp16" if version.int8_from_calibration_cache else "fp32"
         elif self.feed is None:
             self.why_not = "no sample to time with"
         self.method = (f"estimated for the target's GPU: a roofline of each weighted layer from its MACs "

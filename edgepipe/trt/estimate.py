@@ -94,8 +94,8 @@ def estimate(model: Path, device: GpuFacts, float_precision: str = "fp16") -> Es
         if node.op_type not in WEIGHT_OPS or len(node.input) < 2:
             continue
         # a quantized input's shape is its float source's (inference may not shape Q/DQ outputs)
-        plain = ChainMap({name: shapes[_source(name, producers)] for name in node.input[:2]
-                          if _source(name, producers) in shapes}, shapes)
+        sources = {name: _source(name, producers) for name in node.input[:2]}
+        plain = ChainMap({name: shapes[src] for name, src in sources.items() if src in shapes}, shapes)
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         macs = node_macs(node, plain, attrs)
         elements = sum(math.prod(plain[name]) for name in (*node.input[:2], node.output[0]) if name in plain)

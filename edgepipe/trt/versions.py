@@ -90,6 +90,12 @@ class TensorRtVersion:
     def rules(self) -> TensorRtRules:
         return _rules(self.major, self.minor)
 
+    @property
+    def int8_from_calibration_cache(self) -> bool:
+        """TensorRT 8 builds int8 implicitly (float model + calib.cache, --int8 --fp16: float layers
+        in fp16); 10 and 11 build the QDQ model strongly typed (float layers in their own type)."""
+        return self.rules.calibrator and self.major < 10
+
     def same_engine_line(self, other: TensorRtVersion) -> bool:
         """Engines load only in the TensorRT that built them (major.minor; patch releases keep
         compatibility within 8.6+/10.x unless version-compatible engines were asked for)."""
