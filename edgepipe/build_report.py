@@ -78,16 +78,29 @@ def _quantize_section(stage: dict[str, Any]) -> list[str]:
         "",
         f"Scored on {evaluation['origin']}:",
         "",
-        "| model | top-1 % | top-5 % | metric | mean cosine | min cosine | SQNR dB | top-1 agreement |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    # A detector is judged by mAP (its raw head has no top-1); everything else by top-1/top-k.
+    detector = evaluation["float"].get("map50_95") is not None
+    task = (("mAP@0.5", "map50"), ("mAP@0.5:0.95", "map50_95")) if detector else \
+        (("top-1 %", "top1"), ("top-5 %", "top5"))
+    lines += [f"| model | {task[0][0]} | {task[1][0]} | metric | mean cosine | min cosine | SQNR dB | "
+              "top-1 agreement |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for label, key in (("float", "float"), ("int8, all layers", "int8_before_fallback"),
                        ("int8, shipped", "int8")):
         s = evaluation[key]
-        lines.append(f"| {label} | {_score(s, 'top1', '.2f')} | {_score(s, 'top5', '.2f')} | "
+        lines.append(f"| {label} | {_score(s, task[0][1], '.2f')} | {_score(s, task[1][1], '.2f')} | "
                      f"{_score(s, 'metric', '.4g')} | {_score(s, 'mean_cosine', '.5f')} | "
                      f"{_score(s, 'min_cosine', '.5f')} | {_score(s, 'sqnr_db', '.1f')} | "
                      f"{_score(s, 'top1_agreement', '.3f')} |")
+    if m.get("detection"):
+        d = m["detection"]
+        kept = d.get("kept_float") or []
+        what = "the last convolutions of the box and class branches and the decode after them"
+        lines += ["", f"Detector ({d['head']} head, {d['classes']} classes): " + {
+            "qdq": f"{len(kept)} head nodes kept in float by the detection-aware scheme ({what}).",
+            "pt2e": f"the detection-aware scheme leaves {what} float in litert-torch's PT2E quantization.",
+        }.get(d.get("float_head", "none"), "every layer quantized (the converter cannot keep layers "
+                                            "float, or [quantize.detect] keep_head_float = false).")]
     search = calibration.get("search")
     if search:
         tried = ", ".join(f"{method} {_metric(cosine, '.5f')}" for method, cosine in search["cosine"].items())
@@ -122,7 +135,8 @@ def _quantize_section(stage: dict[str, Any]) -> list[str]:
     elif speed:
         lines += ["", f"Speed not measured: {speed['reason']}."]
     budget = m["budget"]
-    lines += ["", f"Budget: top-1 drop ≤ {budget['max_top1_drop']:g} points, metric drop ≤ "
+    lines += ["", f"Budget: top-1 drop ≤ {budget['max_top1_drop']:g} points, mAP@0.5:0.95 drop ≤ "
+              f"{budget.get('max_map_drop', 1):g} points, metric drop ≤ "
               f"{budget['max_metric_drop']:g}, mean cosine ≥ {budget['min_cosine']:g}, speed-up over "
               f"float ≥ {budget.get('min_speedup', 0):g}x; on exceed: {budget['on_exceed']}."]
     if m["fallback"]:

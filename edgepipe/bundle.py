@@ -66,6 +66,12 @@ def _preprocessing(result: PipelineResult, input_name: str) -> dict[str, Any] | 
     return None
 
 
+def _postprocess(result: PipelineResult) -> dict[str, Any] | None:
+    """What run.py does with the outputs (a detector's decode and NMS), where a stage recorded it."""
+    return next((report.metrics["postprocess"] for report in result.stages
+                 if report.metrics.get("postprocess")), None)
+
+
 def write_bundle(bundle: Path, build_dir: Path, *, source: SourceModel, target: Target, target_spec: str,
                  profile: Profile, result: PipelineResult, reference: Reference,
                  backend_versions: dict[str, str], seconds: float, portable: bool = False,
@@ -105,6 +111,7 @@ def write_bundle(bundle: Path, build_dir: Path, *, source: SourceModel, target: 
         "inputs": [spec.to_json() | {"preprocessing": _preprocessing(result, spec.name)}
                    for spec in result.deployed.inputs],
         "outputs": [spec.to_json() for spec in result.deployed.outputs],
+        **({"postprocess": _postprocess(result)} if _postprocess(result) else {}),
         "stages": [report.to_json() for report in result.stages],
         "parity": {"reference_inputs": reference.origin, **result.parity.to_json()},
         "parity_budget": result.budget.model_dump(mode="json"),

@@ -15,6 +15,8 @@ EXTRA_OF_MODULE: dict[str, str] = {
     "nncf": "openvino",
     "tensorrt": "tensorrt",
     "sklearn": "examples",
+    "skimage": "examples",
+    "pycocotools": "detect",
     "matplotlib": "report",
     "ray": "matrix",
     "ai_edge_litert": "tflite",

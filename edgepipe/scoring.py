@@ -1,6 +1,6 @@
-"""Scores of a model against its float original: task accuracy (top-1/top-5, a user metric)
-and fidelity (cosine, SQNR, top-1 agreement), measured whatever the data, because labels
-are not always at hand and a bad model can keep its top-1 for a while.
+"""Scores of a model against its float original: task accuracy (top-1/top-5, a detector's
+mAP, a user metric) and fidelity (cosine, SQNR, top-1 agreement), measured whatever the
+data, because labels are not always at hand and a bad model can keep its top-1 for a while.
 
 Scores are numbers only; whether they are good enough is the budget's question
 (edgepipe.budget), asked by the pipeline.
@@ -14,9 +14,16 @@ from typing import Any
 
 import numpy as np
 
+from edgepipe.data.detection_map import mean_average_precision
 from edgepipe.data.evaluation import EvalData, Run
 from edgepipe.errors import BadInputError, EdgepipeError, first_line
 from edgepipe.parity import cosine
+from edgepipe.runtime.detection import detect
+
+# Detections as mAP is measured (Ultralytics' validation settings): every class above a low
+# score per anchor, per-class NMS at IoU 0.7, COCO's 100 per image.
+EVAL_SCORE_THRESHOLD = 0.001
+EVAL_IOU_THRESHOLD = 0.7
 
 
 def _sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -38,6 +45,8 @@ class Scores:
 
     top1: float | None = None
     top5: float | None = None
+    map50: float | None = None  # detection: mAP@0.5, points
+    map50_95: float | None = None  # detection: mAP@0.5:0.95, points
     metric: float | None = None
     mean_cosine: float | None = None
     min_cosine: float | None = None
@@ -80,8 +89,21 @@ class Evaluator:
             raise BadInputError(f"{self.data.origin} returned {value!r}; expected a number")
         return float(value)
 
+    def _map(self, outputs: list[list[np.ndarray]], indices: list[int] | None = None) -> tuple[float, float]:
+        detection = self.data.detection
+        assert detection is not None
+        chosen = range(len(outputs)) if indices is None else indices
+        found = [detect(outputs[i][0], score_threshold=EVAL_SCORE_THRESHOLD, iou_threshold=EVAL_IOU_THRESHOLD,
+                        max_detections=100, classes=None, multi_label=True) for i in chosen]
+        return mean_average_precision([self.data.samples[i].boxes for i in chosen], found,
+                                      detection.class_count)
+
     def _labelled_scores(self, outputs: list[list[np.ndarray]], fidelity: dict[str, float] | None) -> Scores:
         top1 = top5 = None
+        if self.data.has_boxes:
+            map50, map50_95 = self._map(outputs)
+            return Scores(map50=map50, map50_95=map50_95,
+                          metric=self._float_metric if fidelity is None else None, **(fidelity or {}))
         if self.data.has_labels:
             labels = [s.label for s in self.data.samples]
             first = [o[0] for o in outputs]
@@ -99,8 +121,8 @@ class Evaluator:
         if outputs:
             sqnr = _sqnr_db(np.concatenate([r[0].ravel() for r in self._float_outputs]),
                             np.concatenate([g[0].ravel() for g in outputs]))
-        agreement = None
-        if outputs and self._float_outputs[0][0].size > 1:
+        agreement = None  # a detector's raw head has no one winning class
+        if outputs and self._float_outputs[0][0].size > 1 and not self.data.has_boxes:
             agreement = float(np.mean([int(np.argmax(r[0]) == np.argmax(g[0]))
                                        for r, g in zip(self._float_outputs, outputs, strict=True)]))
         fidelity = {"mean_cosine": float(np.mean(cosines)) if cosines else None,
@@ -117,14 +139,17 @@ class Evaluator:
 
     @property
     def primary(self) -> str:
-        """The one number an accuracy-control loop optimizes: top1, metric, or cosine."""
+        """The one number an accuracy-control loop optimizes: top1, map (mAP@0.5:0.95), metric, or cosine."""
         if self.data.has_labels:
             return "top1"
+        if self.data.has_boxes:
+            return "map"
         return "metric" if self.data.metric is not None else "cosine"
 
     def primary_value(self, scores: Scores) -> float:
-        """The primary number of a candidate's scores (top-1 %, the metric, or mean cosine)."""
-        value = {"top1": scores.top1, "metric": scores.metric, "cosine": scores.mean_cosine}[self.primary]
+        """The primary number of a candidate's scores (top-1 %, mAP points, the metric, or mean cosine)."""
+        value = {"top1": scores.top1, "map": scores.map50_95, "metric": scores.metric,
+                 "cosine": scores.mean_cosine}[self.primary]
         return float(value or 0.0)
 
     @property
@@ -135,12 +160,16 @@ class Evaluator:
         """The float model scored against itself, without running it again."""
         return Scores(**{**self.float_scores.__dict__, "mean_cosine": 1.0, "min_cosine": 1.0,
                          "sqnr_db": math.inf, "top1_agreement": 1.0 if self._float_outputs
-                         and self._float_outputs[0][0].size > 1 else None})
+                         and self._float_outputs[0][0].size > 1 and not self.data.has_boxes else None})
 
     def primary_on(self, run: Run, indices: list[int]) -> float:
         """The primary number on a subset of the evaluation samples (all of them for a metric)."""
         if self.primary == "metric":
             return self._call_metric(run)
+        if self.primary == "map":
+            outputs = {i: [np.asarray(v, np.float64) for v in run(self.data.samples[i].feed).values()]
+                       for i in indices}
+            return self._map([outputs.get(i, []) for i in range(len(self.data.samples))], indices)[1]
         values = []
         for index in indices:
             got = [np.asarray(v, np.float64) for v in run(self.data.samples[index].feed).values()]

@@ -1,8 +1,9 @@
 """Evaluation data (`--eval`): what a transformed model is judged on.
 
 `--eval` takes an image folder per class (ImageFolder layout), an `.npz` (or a
-folder of them) with the inputs and a `labels` array, or `file.py:fn`, a metric
-called as `fn(run) -> float` where `run(feed) -> {output name: array}` (higher is
+folder of them) with the inputs and a `labels` array, images with labelled boxes
+(COCO `instances.json` or YOLO `labels/`: edgepipe.data.detection_sets), or `file.py:fn`,
+a metric called as `fn(run) -> float` where `run(feed) -> {output name: array}` (higher is
 better). Without `--eval`, calibration samples stand in, for fidelity only.
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from edgepipe.artifact import TensorSpec
+from edgepipe.data.detection_sets import DetectionSet, is_detection_set, open_detection_set
 from edgepipe.data.preprocessing import ImagePreprocessing
 from edgepipe.data.samples import Feed, LabelledSample, SampleSource, open_samples
 from edgepipe.errors import BadInputError
@@ -30,10 +32,20 @@ class EvalData:
     origin: str
     samples: list[LabelledSample] = field(default_factory=list)
     metric: Callable[[Run], float] | None = None
+    detection: DetectionSet | None = None  # labelled boxes: scored by mAP
 
     @property
     def has_labels(self) -> bool:
         return bool(self.samples) and all(s.label is not None for s in self.samples)
+
+    @property
+    def has_boxes(self) -> bool:
+        return self.detection is not None and bool(self.samples)
+
+
+def is_detection_eval(spec: str | Path | None) -> bool:
+    """Whether `--eval` names images with labelled boxes (a detector's data)."""
+    return spec is not None and not split_spec(str(spec)) and is_detection_set(Path(spec))
 
 
 def open_eval(spec: str | Path, specs: tuple[TensorSpec, ...], *, limit: int,
@@ -42,6 +54,14 @@ def open_eval(spec: str | Path, specs: tuple[TensorSpec, ...], *, limit: int,
     text = str(spec)
     if split_spec(text):
         return EvalData(origin=f"metric {text}", metric=load_python_callable(text))
+    if is_detection_eval(text):
+        if len(specs) != 1:
+            raise BadInputError(f"--eval {text}: detection images fit a single-input model; this one has "
+                                f"inputs {', '.join(s.name for s in specs)}")
+        boxes = open_detection_set(Path(text), specs[0], preprocess)
+        samples = [LabelledSample(feed, None, truth) for feed, truth in boxes.samples(specs[0], limit)]
+        origin = boxes.origin if len(samples) == len(boxes.items) else f"{len(samples)} of {boxes.origin}"
+        return EvalData(origin=origin, samples=samples, detection=boxes)
     source: SampleSource = open_samples(text, specs, flag="--eval", preprocess=preprocess, seed=seed,
                                         with_labels=True)
     if source.is_random:

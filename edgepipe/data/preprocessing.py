@@ -30,6 +30,10 @@ class ImagePreprocessing(StrictModel):
     std: list[float] = Field(default_factory=lambda: [1.0])
     channels: Literal["rgb", "bgr", "gray"] | None = None
     layout: Literal["NCHW", "NHWC"] | None = None
+    resize_mode: Literal["crop", "letterbox"] | None = Field(
+        None, description="crop: shorter side resized, centre cropped; letterbox: whole image fitted, "
+                          "aspect kept, padded (detectors); default: letterbox for detection data")
+    pad: float = Field(114, ge=0, le=255, description="letterbox padding, in 0-255 pixel units")
 
 
 @dataclass(frozen=True)
@@ -44,10 +48,17 @@ class ResolvedPreprocessing:
     channels: str
     layout: str
     dtype: str
+    letterbox: bool = False
+    pad: float = 114.0
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": "image", **asdict(self), "crop": list(self.crop), "mean": list(self.mean),
-                "std": list(self.std), "resize_mode": "shorter-side bilinear, then center crop"}
+        record = {"kind": "image", **asdict(self), "crop": list(self.crop), "mean": list(self.mean),
+                  "std": list(self.std)}
+        del record["letterbox"], record["pad"]
+        if self.letterbox:  # the device's image_to_array reads resize_mode and pad
+            return {**record, "resize_mode": "letterbox", "pad": self.pad,
+                    "resize_rule": "bilinear, aspect kept, padded evenly"}
+        return {**record, "resize_mode": "shorter-side bilinear, then center crop"}
 
     def image_to_array(self, path: Path) -> np.ndarray:
         """One decoded image as a (C, H, W) or (H, W, C) array, without the batch axis: the
@@ -64,8 +75,10 @@ def _per_channel(values: list[float], channels: int, name: str) -> tuple[float, 
     return tuple(values)
 
 
-def resolve(declared: ImagePreprocessing, spec: TensorSpec) -> ResolvedPreprocessing:
-    """Fill in what the model's input implies; refuse what it cannot take."""
+def resolve(declared: ImagePreprocessing, spec: TensorSpec, *,
+            detection: bool = False) -> ResolvedPreprocessing:
+    """Fill in what the model's input implies; refuse what it cannot take. Detection data is
+    letterboxed unless declared otherwise: a centre crop would cut boxes off."""
     if not spec.is_static or len(spec.shape) != 4:
         raise BadInputError(f"input '{spec.name}' has shape {list(spec.shape)}: image data needs a "
                             "static 4-D input (give --input NAME:1x3x224x224)")
@@ -90,7 +103,9 @@ def resolve(declared: ImagePreprocessing, spec: TensorSpec) -> ResolvedPreproces
     return ResolvedPreprocessing(
         resize=declared.resize or min(crop), crop=crop, scale=declared.scale,
         mean=_per_channel(declared.mean, channels, "mean"), std=_per_channel(declared.std, channels, "std"),
-        channels=order, layout=layout, dtype=spec.dtype)
+        channels=order, layout=layout, dtype=spec.dtype,
+        letterbox=declared.resize_mode == "letterbox" or (declared.resize_mode is None and detection),
+        pad=declared.pad)
 
 
 def image_files(folder: Path) -> list[Path]:

@@ -44,6 +44,7 @@ LABELS = "labels"
 class LabelledSample:
     feed: Feed
     label: int | None
+    boxes: Any = None  # detection data: a detection_sets.GroundTruth
 
 
 @dataclass(frozen=True)
@@ -281,8 +282,9 @@ def _random_samples(specs: tuple[TensorSpec, ...], seed: int) -> Iterator[Labell
 
 def open_samples(spec: str | Path, specs: tuple[TensorSpec, ...], *, flag: str = "--calib",
                  preprocess: ImagePreprocessing | None = None, seed: int = 0,
-                 with_labels: bool = False) -> SampleSource:
-    """A lazily read sample source; checks what can be checked without reading it all."""
+                 with_labels: bool = False, detection: bool = False) -> SampleSource:
+    """A lazily read sample source; checks what can be checked without reading it all. Images
+    for a detector (`detection`) are letterboxed unless their preprocessing says otherwise."""
     text = str(spec)
     if text == RANDOM:
         return SampleSource(text, RANDOM, None, lambda: _random_samples(specs, seed))
@@ -297,7 +299,7 @@ def open_samples(spec: str | Path, specs: tuple[TensorSpec, ...], *, flag: str =
             if len(specs) != 1:
                 raise BadInputError(f"{flag} {path}: images fit a single-input model; this one has "
                                     f"inputs {', '.join(s.name for s in specs)}")
-            resolved = resolve(_declared_for(path, preprocess), specs[0])
+            resolved = resolve(_declared_for(path, preprocess), specs[0], detection=detection)
             classes = image_classes(path) if with_labels else None
             # A fixed-seed shuffle, so the first N of an ImageFolder span every class.
             order = np.random.default_rng(seed).permutation(len(images))

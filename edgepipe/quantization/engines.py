@@ -51,6 +51,7 @@ class Int8Job:
     bias_correction: bool = True  # engines without their own (onnxruntime): ours, bias_correction.py
     # TFLite converters: the target's [lower], the torch source, the stages before
     tflite: dict[str, Any] = field(default_factory=dict)
+    float_head: bool = False  # a detector's head stays float (engines that cannot take `excluded`)
 
 
 class Int8Engine(Protocol):
@@ -172,7 +173,8 @@ class Litert:
         from edgepipe.quantization.litert import write_tflite_int8
 
         facts = write_tflite_int8(job.prepared, path, job.samples, per_channel=job.per_channel,
-                                  exclude=[*job.excluded, *kept_float], inputs=job.inputs, **job.tflite)
+                                  exclude=[*job.excluded, *kept_float], inputs=job.inputs,
+                                  float_head=job.float_head, **job.tflite)
         return Artifact(path, "tflite", job.inputs, job.outputs, facts=facts)
 
     def rank(self, job: Int8Job, candidate: Artifact) -> list[sensitivity.QuantizedTensor]:

@@ -7,6 +7,7 @@ Needs only numpy and the backend's runtime (e.g. `pip install numpy onnxruntime`
     python run.py --verify --pubkey release.pub   # also the Ed25519 signature (needs cryptography)
     python run.py --input sample.npz --output out.npz
     python run.py --input photo.jpg        # decoded and preprocessed as at calibration (needs Pillow)
+                                           # detectors: also boxes, scores, classes (image pixels)
     python run.py --benchmark --runs 100 --warmup 10 --threads 2 --json
     python3 run.py --build-engine          # TensorRT bundles: build model.engine on this device
 """
@@ -24,13 +25,15 @@ import numpy as np
 from . import strict_json
 from .benchmark import BenchmarkOptions, benchmark
 from .bundle import load_manifest, verify_files
+from .detection import detect, to_image_pixels
 from .errors import BadInputError, EdgepipeError, first_line
-from .feeds import read_feed
+from .feeds import IMAGE_SUFFIXES, image_size, read_feed
 from .keys import KEY_ENV, model_bytes, parse_model_key
 from .runners import open_runner
 from .runners.tensorrt import build, engine_problems, write_record
 from .signature import check_signature, read_public_key
 
+DETECTION_KEYS = ("boxes", "scores", "classes")  # printed whole: at most max_detections rows
 PUBKEY_ENV = "EDGEPIPE_PUBKEY"  # a public key file: verify the bundle before every run
 # More threads than any board has cores: a typo (--threads 3000) rather than a setting. Not tied
 # to this machine's cores, since a profile may ask for a device's count on a smaller host.
@@ -53,12 +56,30 @@ def build_engine(bundle: Path, manifest: dict[str, Any], key: bytes | None) -> d
                  log=lambda line: print(line, file=sys.stderr))
 
 
+def detections(manifest: dict[str, Any], outputs: dict[str, np.ndarray],
+               image: Path | None) -> dict[str, np.ndarray]:
+    """A detector bundle's boxes (x1 y1 x2 y2), scores and classes from its raw head, as the manifest's
+    `postprocess` says; in the image's own pixels when the input was an image, else in the input's."""
+    post = manifest.get("postprocess")
+    if not post or post.get("kind") != "detection":
+        return {}
+    head = outputs.get(post["output"], next(iter(outputs.values())))
+    found = detect(head, score_threshold=post["score_threshold"], iou_threshold=post["iou_threshold"],
+                   max_detections=post["max_detections"], classes=post.get("classes"))
+    if image is not None and image.suffix.lower() in IMAGE_SUFFIXES:
+        width, height = image_size(image)
+        pre = manifest["inputs"][0]["preprocessing"]
+        found["boxes"] = to_image_pixels(found["boxes"], width, height, pre)
+    return found
+
+
 def run_once(bundle: Path, manifest: dict[str, Any], feed: dict[str, np.ndarray], threads: int | None,
-             key: bytes | None, output: Path | None) -> dict[str, Any]:
+             key: bytes | None, output: Path | None, image: Path | None = None) -> dict[str, Any]:
     with open_runner(bundle, manifest, threads=threads, key=key) as runner:
         for warning in runner.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         outputs = runner.infer(feed)
+    outputs = {**outputs, **detections(manifest, outputs, image)}
     if output is not None:
         if output.is_dir():
             raise BadInputError(f"--output {output}: a folder; give a file name ending in .npz")
@@ -71,8 +92,9 @@ def run_once(bundle: Path, manifest: dict[str, Any], feed: dict[str, np.ndarray]
                 np.savez(handle, **outputs)
         except OSError as exc:
             raise BadInputError(f"--output {output}: cannot write ({exc.strerror})") from None
-    return {name: {"shape": list(v.shape), "dtype": v.dtype.name,
-                   "first_values": v.ravel()[:5].tolist()} for name, v in outputs.items()}
+    return {name: {"shape": list(v.shape), "dtype": v.dtype.name, "first_values": v.ravel()[:5].tolist(),
+                   **({"values": v.tolist()} if name in DETECTION_KEYS and "postprocess" in manifest else {})}
+            for name, v in outputs.items()}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -190,7 +212,8 @@ def _main(args: argparse.Namespace) -> int:
             energy_seconds=args.energy_seconds, energy_idle_seconds=args.energy_idle_seconds)
         _print_result(benchmark(args.bundle, manifest, feed, options, key), args.json)
     else:
-        _print_result(run_once(args.bundle, manifest, feed, args.threads, key, args.output), args.json)
+        _print_result(run_once(args.bundle, manifest, feed, args.threads, key, args.output, args.input),
+                      args.json)
     return 0
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .detection import letterbox_geometry
 from .errors import BackendError, BadInputError, first_line
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -22,7 +23,9 @@ Spec = Mapping[str, Any]
 
 def image_to_array(path: Path, pre: Mapping[str, Any]) -> np.ndarray:
     """One decoded image as a (C, H, W) or (H, W, C) array, without the batch axis, by a
-    preprocessing record (resize, crop, scale, mean, std, channels, layout, dtype)."""
+    preprocessing record (resize, crop, scale, mean, std, channels, layout, dtype; `resize_mode`
+    "letterbox": the whole image scaled to fit, aspect kept, padded evenly with `pad`, as
+    detectors are fed, instead of the shorter side resized and the centre cropped)."""
     try:
         from PIL import Image
     except ImportError:
@@ -31,15 +34,10 @@ def image_to_array(path: Path, pre: Mapping[str, Any]) -> np.ndarray:
         with Image.open(path) as image:
             image = image.convert("L" if pre["channels"] == "gray" else "RGB")
             width, height = image.size
-            factor = pre["resize"] / min(width, height)
-            image = image.resize((max(1, round(width * factor)), max(1, round(height * factor))),
-                                 Image.Resampling.BILINEAR)
-            crop_h, crop_w = pre["crop"]
-            if image.height < crop_h or image.width < crop_w:
-                raise BadInputError(f"{path}: {image.width}x{image.height} after resizing to "
-                                    f"{pre['resize']} is smaller than the crop {crop_w}x{crop_h}")
-            left, top = (image.width - crop_w) // 2, (image.height - crop_h) // 2
-            pixels = np.asarray(image.crop((left, top, left + crop_w, top + crop_h)), np.float32)
+            if pre.get("resize_mode") == "letterbox":
+                pixels = _letterbox(image, width, height, pre)
+            else:
+                pixels = _resize_and_crop(path, image, width, height, pre)
     except (OSError, SyntaxError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
         raise BadInputError(f"{path}: unreadable image ({first_line(exc)})") from None
     if pixels.ndim == 2:
@@ -51,6 +49,42 @@ def image_to_array(path: Path, pre: Mapping[str, Any]) -> np.ndarray:
     if pre["layout"] == "NCHW":
         pixels = pixels.transpose(2, 0, 1)
     return np.ascontiguousarray(pixels.astype(pre["dtype"]))
+
+
+def _letterbox(image: Any, width: int, height: int, pre: Mapping[str, Any]) -> np.ndarray:
+    from PIL import Image
+
+    _, new_w, new_h, left, top = letterbox_geometry(width, height, pre["crop"])
+    resized = np.asarray(image.resize((new_w, new_h), Image.Resampling.BILINEAR), np.float32)
+    crop_h, crop_w = pre["crop"]
+    canvas = np.full((crop_h, crop_w, *resized.shape[2:]), float(pre.get("pad", 114)), np.float32)
+    canvas[top:top + new_h, left:left + new_w] = resized
+    return canvas
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file, read from its header."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadInputError(f"{path}: unreadable image ({first_line(exc)})") from None
+
+
+def _resize_and_crop(path: Path, image: Any, width: int, height: int, pre: Mapping[str, Any]) -> np.ndarray:
+    from PIL import Image
+
+    factor = pre["resize"] / min(width, height)
+    image = image.resize((max(1, round(width * factor)), max(1, round(height * factor))),
+                         Image.Resampling.BILINEAR)
+    crop_h, crop_w = pre["crop"]
+    if image.height < crop_h or image.width < crop_w:
+        raise BadInputError(f"{path}: {image.width}x{image.height} after resizing to "
+                            f"{pre['resize']} is smaller than the crop {crop_w}x{crop_h}")
+    left, top = (image.width - crop_w) // 2, (image.height - crop_h) // 2
+    return np.asarray(image.crop((left, top, left + crop_w, top + crop_h)), np.float32)
 
 
 def read_image(path: Path, specs: Sequence[Spec]) -> dict[str, np.ndarray]:

@@ -53,6 +53,7 @@ class PruneBudget(StrictModel):
     """How much pruning may cost against the unpruned model, after fine-tuning."""
 
     max_top1_drop: float = Field(1.0, ge=0, description="percentage points; needs labelled --eval data")
+    max_map_drop: float = Field(1.0, ge=0, description="mAP@0.5:0.95 points; detection --eval data")
     max_metric_drop: float = Field(0.02, ge=0, description="for a --eval file.py:fn metric")
     min_cosine: float = Field(0.9, ge=-1, le=1, description="mean per-sample cosine vs the unpruned model")
     on_exceed: Literal["fail", "backoff"] = "fail"

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from time import perf_counter
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import Field
@@ -27,11 +27,11 @@ from edgepipe.artifact import Artifact
 from edgepipe.budget import TIMED, allowed_drop
 from edgepipe.candidate_timing import ROUNDS, RUNS, Speedup, host_runs_target, speedup
 from edgepipe.config import AccuracyBudget
-from edgepipe.data.evaluation import EvalData, calibration_eval, eval_data_for
+from edgepipe.data.evaluation import EvalData, calibration_eval, eval_data_for, is_detection_eval
 from edgepipe.data.preprocessing import ImagePreprocessing
 from edgepipe.data.samples import Feed, SampleSource, open_samples
 from edgepipe.errors import BackendError, BadInputError, first_line
-from edgepipe.quantization import ranges, sensitivity, tensorrt_cache, transformer
+from edgepipe.quantization import detection_head, ranges, sensitivity, tensorrt_cache, transformer
 from edgepipe.quantization.engines import Int8Engine, Int8Job, NncfOpenVino, OnnxRuntimeStatic, engine_for
 from edgepipe.quantization.qdq import AccuracyControl
 from edgepipe.scoring import Evaluator, Scores
@@ -41,6 +41,9 @@ from edgepipe.target_run import target_run
 from edgepipe.trt.estimate import FACTS as GPU_FACTS
 from edgepipe.trt.estimate import Estimate, estimate, missing_facts
 from edgepipe.trt.versions import TensorRtVersion
+
+if TYPE_CHECKING:
+    import onnx
 
 CALIBRATION_CACHE = "calib.cache"
 LOWERING_MIN_COSINE = 0.999  # lowered int8 model vs the quantize stage's own output
@@ -55,6 +58,7 @@ class QuantizeBudget(StrictModel):
     """How much int8 may cost, judged on `--eval` data (else on calibration samples)."""
 
     max_top1_drop: float = Field(1.0, ge=0, description="percentage points; needs labelled --eval data")
+    max_map_drop: float = Field(1.0, ge=0, description="mAP@0.5:0.95 points; detection --eval data")
     max_metric_drop: float = Field(0.02, ge=0, description="for a --eval file.py:fn metric")
     min_cosine: float = Field(0.99, ge=-1, le=1, description="mean per-sample cosine vs the float model")
     on_exceed: Literal["fail", "fallback"] = "fallback"
@@ -63,6 +67,17 @@ class QuantizeBudget(StrictModel):
         1.1, ge=0, description="int8 must run this many times faster than the float model on the "
                                "target's runtime, timed on this host in separate processes where this "
                                "host runs the target (0: not checked)")
+
+
+class DetectSettings(StrictModel):
+    """A detector's head and how the device turns it into boxes (run.py; recorded in the manifest)."""
+
+    head: Literal["auto", "yolov8", "none"] = Field(
+        "auto", description="auto: yolov8 when --eval holds labelled boxes (COCO or YOLO layout)")
+    keep_head_float: bool = Field(True, description="the head's last convolutions and decode stay float")
+    score_threshold: float = Field(0.25, ge=0, le=1, description="run.py's detections")
+    iou_threshold: float = Field(0.45, ge=0, le=1, description="run.py's per-class NMS")
+    max_detections: int = Field(100, ge=1)
 
 
 class QuantizeSettings(StrictModel):
@@ -85,6 +100,7 @@ class QuantizeSettings(StrictModel):
     exclude_op_types: list[str] = Field(default_factory=list)
     keep_first_last: bool = Field(False, description="first and last quantizable layers in float")
     preprocess: ImagePreprocessing = ImagePreprocessing()
+    detect: DetectSettings = DetectSettings()
     budget: QuantizeBudget = QuantizeBudget()
 
 
@@ -95,7 +111,14 @@ def calibration_source(ctx: BuildContext, settings: QuantizeSettings) -> SampleS
     spec = ctx.calib or settings.calib
     if spec is None:
         raise BadInputError(CALIBRATION_NEEDED)
-    return open_samples(spec, ctx.inputs, preprocess=settings.preprocess, seed=settings.seed)
+    return open_samples(spec, ctx.inputs, preprocess=settings.preprocess, seed=settings.seed,
+                        detection=is_detector(ctx, settings))
+
+
+def is_detector(ctx: BuildContext, settings: QuantizeSettings) -> bool:
+    if settings.detect.head == "auto":
+        return is_detection_eval(ctx.eval)
+    return settings.detect.head != "none"
 
 
 def _name_nodes(model_path: Path) -> None:
@@ -320,6 +343,7 @@ class QuantizeStage:
             model_type = "transformer" if transformer.is_transformer(proto) else "cnn"
         requested = ctx.target.int8.engine if settings.engine == "auto" else settings.engine
         scheme, excluded, only = self._selection(proto, settings, model_type, ctx, requested)
+        detection = self._detection(proto, settings, ctx, requested, eval_data, excluded)
         engine = engine_for(requested, ctx.target.name, ctx.target.backend, dynamic=scheme == "dynamic")
         int8_scheme, weight_bits = ctx.target.int8.for_device(ctx.target.device)
         job = Int8Job(prepared=prepared, inputs=model.inputs, outputs=model.outputs,
@@ -329,7 +353,8 @@ class QuantizeStage:
                       only=None if only is None else tuple(only), ranges=cache,
                       probe=tap.probe,
                       tflite=self._tflite_inputs(ctx),
-                      bias_correction=settings.bias_correction)
+                      bias_correction=settings.bias_correction,
+                      float_head=bool(detection) and detection["float_head"] == "pt2e")
 
         warnings = []
         if source.is_random:
@@ -337,7 +362,7 @@ class QuantizeStage:
         if overlap:
             warnings.append(f"{overlap} of {len(eval_data.samples)} evaluation samples are also calibration "
                             f"samples: the scores below are optimistic; keep --eval data apart from --calib")
-        if not eval_data.has_labels and eval_data.metric is None:
+        if not eval_data.has_labels and not eval_data.has_boxes and eval_data.metric is None:
             warnings.append(f"no labelled --eval data: only fidelity to the float model was measured "
                             f"({eval_data.origin})")
         if engine.suffix == ".xml":
@@ -363,6 +388,8 @@ class QuantizeStage:
                                    else f"{overlap} evaluation samples identical to calibration samples"),
             "budget": settings.budget.model_dump(mode="json"),
             "excluded": excluded,
+            **({"detection": detection, "postprocess": self._postprocess(detection, settings, model)}
+               if detection else {}),
         }
 
         def score(candidate: Artifact) -> Scores:
@@ -485,14 +512,18 @@ class QuantizeStage:
             scores = score(candidate)
             row = {**layer.to_json(), "nodes": new_nodes, "probe_cosine": probe_cosine,
                    "mean_cosine_after": scores.mean_cosine,
-                   "top1_after": scores.top1, "top1_agreement_after": scores.top1_agreement}
+                   "top1_after": scores.top1, "top1_agreement_after": scores.top1_agreement,
+                   **({"map50_95_after": scores.map50_95} if scores.map50_95 is not None else {})}
             rows.append(row)
-            best = max(range(len(rows)), key=lambda i: rows[i]["mean_cosine_after"] or -2.0)
+            detector = scores.map50_95 is not None  # a raw head has no top-1 to agree on
+            key = "map50_95_after" if detector else "mean_cosine_after"
+            best = max(range(len(rows)), key=lambda i: rows[i][key] if rows[i][key] is not None else -2.0)
+            also = (f"mAP@0.5:0.95 {rows[best]['map50_95_after']:.2f}" if detector else
+                    f"top-1 agreement {_metric(rows[best]['top1_agreement_after'])}")
             yield outcome(candidate, scores, f"{len(rows)} tensors in float",
                           f" even with {len(kept)} nodes kept in float ({len(rows)} tensors, max_fallback "
                           f"{budget.max_fallback}; best step {best + 1}: mean cosine "
-                          f"{_metric(rows[best]['mean_cosine_after'])}, top-1 agreement "
-                          f"{_metric(rows[best]['top1_agreement_after'])})", "")
+                          f"{_metric(rows[best]['mean_cosine_after'])}, {also})", "")
             # an estimate costs a shape inference, so every step gets one; a timing only steps
             # within the accuracy budget (the pipeline's judgement asked for it)
             measured = speed.of(candidate) if speed.estimates is not None else speed.measured(candidate)
@@ -604,6 +635,39 @@ class QuantizeStage:
             return "static-weight-matmuls", excluded, [n for n in transformer.weight_matmuls(model)
                                                        if n not in excluded]
         return "static", excluded, None
+
+    @staticmethod
+    def _detection(model: onnx.ModelProto, settings: QuantizeSettings, ctx: BuildContext, engine: str,
+                   eval_data: EvalData, excluded: list[str]) -> dict[str, Any] | None:
+        """A detector's record, and its head's tail added to `excluded` (the detection-aware
+        scheme) where the engine can keep single layers float (the TFLite converters cannot)."""
+        if not is_detector(ctx, settings):
+            return None
+        prediction, decode = detection_head.head_tail(model)
+        kept, how = [], "none"
+        if settings.detect.keep_head_float and engine != "litert":
+            kept = [name for name in [*prediction, *decode] if name not in excluded]
+            excluded.extend(kept)
+            how = "qdq"
+        elif settings.detect.keep_head_float and ctx.source.module is not None:
+            how = "pt2e"  # litert-torch: the same walk on the torch.fx graph (detection_head.fx_head_tail)
+        boxes = eval_data.detection
+        output = model.graph.output[0]
+        dims = [d.dim_value for d in output.type.tensor_type.shape.dim]
+        classes = boxes.class_count if boxes else (min(dims[1:]) - 4 if len(dims) == 3 else None)
+        return {"head": "yolov8", "classes": classes, "class_names": list(boxes.classes) if boxes and
+                boxes.classes else None, "prediction_layers": prediction, "kept_float": kept,
+                "data": boxes.layout if boxes else None, "float_head": how}
+
+    @staticmethod
+    def _postprocess(detection: dict[str, Any], settings: QuantizeSettings,
+                     model: Artifact) -> dict[str, Any]:
+        """What run.py does with the head's output (the manifest's `postprocess`)."""
+        d = settings.detect
+        return {"kind": "detection", "head": detection["head"], "output": model.outputs[0].name,
+                "classes": detection["classes"], "class_names": detection["class_names"],
+                "score_threshold": d.score_threshold, "iou_threshold": d.iou_threshold,
+                "max_detections": d.max_detections, "nms": "run.py (numpy), per class"}
 
     @staticmethod
     def _tensorrt_cache(cache: Path, model: Path | None, ctx: BuildContext, method: str) -> dict[str, Any]:

@@ -23,6 +23,7 @@ import numpy as np
 
 from edgepipe.errors import BackendError, BadInputError, first_line
 from edgepipe.extras import require
+from edgepipe.quantization.detection_head import fx_head_tail
 from edgepipe.tflite.offline import network_blocked, replaced
 
 # TensorFlow's C++ logging writes straight to the terminal, around our one-line errors;
@@ -88,8 +89,10 @@ def _run_quietly(tool: str, call):
 
 def convert_with_litert_torch(module: Any, example_args: tuple, out: Path, *, channel_last: bool,
                               calibration: Iterable[tuple] | None = None, per_channel: bool = True,
-                              ) -> None:
-    """float32 as lowered, or int8 by PT2E static quantization calibrated on `calibration`."""
+                              float_head: bool = False) -> int:
+    """float32 as lowered, or int8 by PT2E static quantization calibrated on `calibration`;
+    `float_head`: a detector's prediction layers and decode left float (detection_head.py).
+    Returns how many graph nodes were left float that way."""
     torch = require("torch", "converting PyTorch models to TFLite")
     litert_torch = require("litert_torch", "converting PyTorch models to TFLite")
     model = module.eval()
@@ -106,9 +109,23 @@ def convert_with_litert_torch(module: Any, example_args: tuple, out: Path, *, ch
         from litert_torch.quantize import pt2e_quantizer, quant_config
         from torchao.quantization.pt2e import quantize_pt2e
 
-        quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+        exported = torch.export.export(model, args).module()
+        keep = fx_head_tail(exported) if float_head else set()
+        kept.append(len(keep))
+
+        class Quantizer(pt2e_quantizer.PT2EQuantizer):
+            """PT2E's quantizer with a set of nodes it may not annotate. Its own per-module
+            settings cannot name the decode, which runs in the model's top-level forward."""
+
+            def _annotate_all_static_patterns(self, model, config, filter_fn=None):
+                def allowed(node):
+                    return node not in keep and (filter_fn is None or filter_fn(node))
+
+                return super()._annotate_all_static_patterns(model, config, allowed)
+
+        quantizer = Quantizer().set_global(
             pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=per_channel))
-        prepared = quantize_pt2e.prepare_pt2e(torch.export.export(model, args).module(), quantizer)
+        prepared = quantize_pt2e.prepare_pt2e(exported, quantizer)
         seen = 0
         with torch.no_grad():
             for sample in calibration:
@@ -124,9 +141,11 @@ def convert_with_litert_torch(module: Any, example_args: tuple, out: Path, *, ch
         return litert_torch.convert(quantized, args,
                                     quant_config=quant_config.QuantConfig(pt2e_quantizer=quantizer))
 
+    kept: list[int] = []
     edge_model = _run_quietly("litert-torch", convert)
     with network_blocked("litert-torch"):
         _run_quietly("litert-torch", lambda: edge_model.export(str(out)))
+    return sum(kept)
 
 
 # ------------------------------------------------------------------ onnx2tf

@@ -1,0 +1,115 @@
+"""Detections from a detector's raw head output: decode and non-maximum suppression.
+
+One implementation for the build (the mAP gate scores what the device will report) and for
+run.py on the device. Written by hand in numpy because run.py needs only numpy and the
+backend's runtime: torchvision's and OpenCV's NMS are not on a board that has onnxruntime or
+the LiteRT interpreter and nothing else.
+
+The head format is Ultralytics' YOLOv8/v11 export, the one most edge detectors ship:
+`(1, 4 + classes, anchors)` with rows cx, cy, w, h in input pixels, then one score per class
+(already a probability). A channel-last copy `(1, anchors, 4 + classes)` is read too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from .errors import BadInputError
+
+HEADS = ("yolov8",)
+PRE_NMS = 3000  # candidates kept (by score) before NMS, as Ultralytics' max_nms bounds its work
+
+
+def head_rows(output: np.ndarray, classes: int | None = None) -> np.ndarray:
+    """The head as (anchors, 4 + classes), whichever of its two layouts the runtime returns."""
+    array = np.asarray(output, np.float32)
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2:
+        raise BadInputError(f"a detection head of shape {list(np.shape(output))}: expected "
+                            "(1, 4 + classes, anchors)")
+    rows, columns = array.shape
+    if classes is not None:
+        if rows == 4 + classes:
+            return array.T
+        if columns == 4 + classes:
+            return array
+        raise BadInputError(f"a detection head of shape {list(np.shape(output))} has no axis of "
+                            f"4 + {classes} classes")
+    # Unknown class count: the anchors outnumber the rows (8400 anchors, 84 rows for COCO).
+    return array.T if rows < columns else array
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy NMS (the ONNX NonMaxSuppression rule): indices kept, highest score first."""
+    order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = (boxes[:, i] for i in range(4))
+    areas = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
+    keep = []
+    while order.size:
+        best, rest = order[0], order[1:]
+        keep.append(best)
+        width = np.maximum(0.0, np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]))
+        height = np.maximum(0.0, np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]))
+        overlap = width * height
+        union = areas[best] + areas[rest] - overlap
+        iou = np.divide(overlap, union, out=np.zeros_like(overlap), where=union > 0)
+        order = rest[iou <= iou_threshold]
+    return np.asarray(keep, np.int64)
+
+
+def detect(output: np.ndarray, *, score_threshold: float, iou_threshold: float, max_detections: int,
+           classes: int | None = None, multi_label: bool = False) -> dict[str, np.ndarray]:
+    """Boxes (K, 4) x1 y1 x2 y2 in input pixels, scores (K,) and classes (K,), best first.
+
+    NMS is per class (a circle does not suppress an overlapping rectangle). `multi_label`
+    keeps every class above the threshold for an anchor, as mAP evaluation does; deployment
+    keeps each anchor's best class."""
+    rows = head_rows(output, classes)
+    cxcywh, probabilities = rows[:, :4], rows[:, 4:]
+    if multi_label:
+        anchor, label = np.nonzero(probabilities > score_threshold)
+        score = probabilities[anchor, label]
+    else:
+        label = probabilities.argmax(1) if probabilities.size else np.zeros(len(rows), np.int64)
+        score = probabilities[np.arange(len(rows)), label] if probabilities.size else np.zeros(0)
+        anchor = np.nonzero(score > score_threshold)[0]
+        label, score = label[anchor], score[anchor]
+    finite = np.isfinite(score) & np.isfinite(cxcywh[anchor]).all(1)
+    anchor, label, score = anchor[finite], label[finite], score[finite]
+    if len(score) > PRE_NMS:
+        top = np.argsort(-score, kind="stable")[:PRE_NMS]
+        anchor, label, score = anchor[top], label[top], score[top]
+    centre, size = cxcywh[anchor, :2], cxcywh[anchor, 2:]
+    boxes = np.concatenate([centre - size / 2, centre + size / 2], 1).astype(np.float32)
+    # Per-class NMS in one pass: each class's boxes moved apart by more than any box spans.
+    offset = (label.astype(np.float32) * (float(np.abs(boxes).max(initial=0.0)) * 2 + 1))[:, None]
+    keep = nms(boxes + offset, score, iou_threshold)[:max_detections]
+    return {"boxes": boxes[keep], "scores": score[keep].astype(np.float32),
+            "classes": label[keep].astype(np.int64)}
+
+
+def letterbox_geometry(width: int, height: int, size: Sequence[int]) -> tuple[float, int, int, int, int]:
+    """How an image of width x height fits a (height, width) input, aspect kept, padded evenly:
+    (scale, new width, new height, left pad, top pad). One rule for the pixels and the boxes."""
+    target_h, target_w = int(size[0]), int(size[1])
+    scale = min(target_w / width, target_h / height)
+    new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
+    return scale, new_w, new_h, (target_w - new_w) // 2, (target_h - new_h) // 2
+
+
+def to_image_pixels(boxes: np.ndarray, width: int, height: int, pre: Mapping[str, Any]) -> np.ndarray:
+    """Boxes in the model's input pixels moved back onto the original image (undoing the letterbox
+    or the resize and centre crop the manifest records), clipped to it."""
+    if pre.get("resize_mode") == "letterbox":
+        scale, _, _, left, top = letterbox_geometry(width, height, pre["crop"])
+    else:
+        scale = pre["resize"] / min(width, height)
+        crop_h, crop_w = pre["crop"]
+        left = -((round(width * scale) - crop_w) // 2)
+        top = -((round(height * scale) - crop_h) // 2)
+    moved = (np.asarray(boxes, np.float32) - np.asarray([left, top, left, top], np.float32)) / scale
+    return np.clip(moved, 0, [width, height, width, height]).astype(np.float32)
