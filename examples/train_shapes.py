@@ -191,15 +191,20 @@ def main() -> None:
     parser.add_argument("--val", type=int, default=200, help="held-out scenes with boxes")
     parser.add_argument("--calib", type=int, default=128, help="calibration scenes")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    model = train(args.scenes, args.epochs)
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), args.out / "shapes_detector.pt")
-    # Seeds apart from training's (0 .. scenes-1) and from each other.
-    write_set(args.out / "val", range(10_000_000, 10_000_000 + args.val), with_boxes=True)
-    write_set(args.out / "calib", range(20_000_000, 20_000_000 + args.calib), with_boxes=False)
+    write_example(args.out, scenes=args.scenes, epochs=args.epochs, val=args.val, calib=args.calib)
     print(f"wrote {args.out}/shapes_detector.pt, val/ ({args.val} scenes with COCO boxes), "
           f"calib/ ({args.calib} scenes)")
+
+
+def write_example(out: Path, *, scenes: int, epochs: int, val: int, calib: int, log=print) -> Path:
+    """Train, then write the weights and the two image sets; returns the weights' path."""
+    model = train(scenes, epochs, log=log)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out / "shapes_detector.pt")
+    # Seeds apart from training's (0 .. scenes-1) and from each other.
+    write_set(out / "val", range(10_000_000, 10_000_000 + val), with_boxes=True)
+    write_set(out / "calib", range(20_000_000, 20_000_000 + calib), with_boxes=False)
+    return out / "shapes_detector.pt"
 
 
 if __name__ == "__main__":
