@@ -100,7 +100,7 @@ def _quantize_section(stage: dict[str, Any]) -> list[str]:
             "qdq": f"{len(kept)} head nodes kept in float by the detection-aware scheme ({what}).",
             "pt2e": f"the detection-aware scheme leaves {what} float in litert-torch's PT2E quantization.",
         }.get(d.get("float_head", "none"), "every layer quantized (the converter cannot keep layers "
-                                            "float, or [quantize.detect] keep_head_float = false).")]
+                                            "float, or [detect] keep_head_float = false).")]
     search = calibration.get("search")
     if search:
         tried = ", ".join(f"{method} {_metric(cosine, '.5f')}" for method, cosine in search["cosine"].items())

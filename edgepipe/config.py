@@ -237,6 +237,22 @@ class AutoSettings(StrictModel):
     threads: int | None = Field(None, ge=0, description="None: the target's own setting")
 
 
+class DetectSettings(StrictModel):
+    """A detector's head and what the bundle does with it: run.py's (or the graph's) decode and NMS,
+    recorded in the manifest's `postprocess`; the int8 scheme keeps the head's tail float."""
+
+    head: Literal["auto", "yolov8", "none"] = Field(
+        "auto", description="auto: yolov8 when --eval holds labelled boxes (COCO or YOLO layout)")
+    nms: Literal["host", "graph"] = Field(
+        "host", description="host: the model returns its raw head and run.py decodes it (numpy); graph: "
+                            "decode and ONNX NonMaxSuppression appended to the model, fixed-size outputs")
+    keep_head_float: bool = Field(True, description="int8: the head's last convolutions and decode "
+                                                    "stay float")
+    score_threshold: float = Field(0.25, ge=0, le=1)
+    iou_threshold: float = Field(0.45, ge=0, le=1, description="per-class NMS")
+    max_detections: int = Field(100, ge=1, le=10_000)
+
+
 class ProfileFile(StrictModel):
     name: str
     description: str
@@ -247,9 +263,11 @@ class ProfileFile(StrictModel):
     # fastest that meets its own budget.
     candidates: list[str] = Field(default_factory=list)
     auto: AutoSettings = AutoSettings()
+    detect: DetectSettings = DetectSettings()
 
 
 _DEFAULT_AUTO = AutoSettings()
+_DEFAULT_DETECT = DetectSettings()
     # Tables named after a stage ([export], [quantize], ...) are taken out before
     # this model validates the rest, and are checked by the stage's own model.
 
@@ -264,12 +282,14 @@ class Profile:
     source: Path
     candidates: tuple[str, ...] = ()
     auto: AutoSettings = _DEFAULT_AUTO
+    detect: DetectSettings = _DEFAULT_DETECT
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "stages": list(self.stages),
             "accuracy": self.accuracy.model_dump(mode="json"),
+            "detect": self.detect.model_dump(mode="json"),
             **({"candidates": list(self.candidates), "auto": self.auto.model_dump(mode="json")}
                if self.candidates else {}),
             **{k: v.model_dump(mode="json") for k, v in self.stage_settings.items()},

@@ -93,6 +93,7 @@ def load_profile_file(path: Path) -> Profile:
         source=path,
         candidates=tuple(raw.candidates),
         auto=raw.auto,
+        detect=raw.detect,
     )
 
 

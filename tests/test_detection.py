@@ -246,7 +246,7 @@ def test_head_tail_of_real_yolov8n_is_its_six_prediction_convs_and_the_decode():
 def _profile(tmp_path: Path, keep_head_float: bool) -> Path:
     path = tmp_path / f"int8-head-{keep_head_float}.toml"
     path.write_text(f'name = "int8-detector"\ndescription = "test"\nextends = "int8"\n'
-                    f'[quantize.detect]\nkeep_head_float = {str(keep_head_float).lower()}\n'
+                    f'[detect]\nkeep_head_float = {str(keep_head_float).lower()}\n'
                     '[quantize.budget]\non_exceed = "fail"\nmin_speedup = 0\n')
     return path
 
@@ -336,3 +336,92 @@ def test_quantizing_the_head_costs_map_that_keeping_it_float_saves(tmp_path, sha
             scores[keep] = float(result.stderr.split("(drop ")[1].split()[0])
     assert scores[True] <= 1.0
     assert scores[False] > scores[True] + 0.5
+
+
+# --------------------------------------------------------------------------- NMS in the graph
+
+
+def _nms_profile(tmp_path: Path, base: str) -> Path:
+    path = tmp_path / f"{base}-nms.toml"
+    path.write_text(f'name = "{base}-nms"\ndescription = "test"\nextends = "{base}"\n'
+                    '[detect]\nhead = "yolov8"\nnms = "graph"\n' + ("[quantize.budget]\nmin_speedup = 0\n"
+                                                                     if base == "int8" else ""))
+    return path
+
+
+def _scenes(shapes: Path, count: int) -> Path:
+    """Letterboxed val scenes as an .npz stack (fp32 bundles record no image preprocessing)."""
+    from edgepipe.data.preprocessing import ImagePreprocessing, resolve
+
+    pre = resolve(ImagePreprocessing(), SPEC, detection=True)
+    files = sorted((shapes / "val").glob("*.png"))[:count]
+    path = shapes / f"scenes-{count}.npz"
+    np.savez(path, images=np.stack([pre.image_to_array(f) for f in files]))
+    return path
+
+
+def _graph_against_host(bundle: Path, scenes: Path, tmp_path: Path) -> int:
+    """run.py's in-graph detections against runtime.detection.detect on the same run's head."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    post = manifest["postprocess"]
+    assert post["nms"] == "graph" and post["graph_outputs"] == ["det_boxes", "det_scores", "det_classes",
+                                                                "num_dets"]
+    found = 0
+    for index, image in enumerate(np.load(scenes)["images"]):
+        np.savez(tmp_path / "one.npz", images=image[None])
+        done = subprocess.run([sys.executable, str(bundle / "run.py"), "--input", str(tmp_path / "one.npz"),
+                               "--output", str(tmp_path / "out.npz")], capture_output=True, text=True,
+                              check=False, timeout=300)
+        assert done.returncode == 0, done.stderr
+        out = np.load(tmp_path / "out.npz")
+        host = detect(out["output"], score_threshold=post["score_threshold"],
+                      iou_threshold=post["iou_threshold"], max_detections=post["max_detections"],
+                      classes=post["classes"])
+        count = int(out["num_dets"][0, 0])
+        assert count == len(host["scores"]), index
+        np.testing.assert_allclose(out["boxes"], host["boxes"], atol=1e-3)
+        np.testing.assert_allclose(out["scores"], host["scores"], atol=1e-5)
+        assert out["classes"].tolist() == host["classes"].tolist()
+        assert out["det_boxes"].shape == (1, post["max_detections"], 4)
+        found += count
+    return found
+
+
+@pytest.mark.slow
+def test_nms_in_the_graph_matches_the_host_decode_on_each_runtime(tmp_path, shapes):
+    """ONNX NonMaxSuppression appended to the int8 model (ONNX Runtime, OpenVINO's NMS op), and to the
+    fp32 model converted by onnx2tf (LiteRT's NON_MAX_SUPPRESSION_V4 builtin), give what run.py's
+    numpy decode gives on the raw head of the same run."""
+    scenes = _scenes(shapes, 6)
+    for target, base in (("onnxruntime-cpu", "int8"), ("openvino-cpu", "int8"), ("mobile", "fp32")):
+        out = tmp_path / target
+        extra = ["--eval", shapes / "val"] if base == "int8" else []
+        result = run_edgepipe("build", DETECTOR, "--weights", shapes / "shapes_detector.pt",
+                              "--target", target, "--profile", _nms_profile(tmp_path, base),
+                              "--calib", shapes / "calib", *extra, "--out", out)
+        assert result.returncode == 0, f"{target}: {result.stderr[-2000:]}"
+        assert _graph_against_host(out, scenes, tmp_path) >= 6, target
+
+
+def test_nms_in_the_graph_is_refused_where_the_converter_wrote_the_int8(tmp_path, shapes):
+    result = run_edgepipe("build", DETECTOR, "--weights", shapes / "shapes_detector.pt", "--target", "mobile",
+                          "--profile", _nms_profile(tmp_path, "int8"), "--calib", shapes / "calib",
+                          "--eval", shapes / "val", "--out", tmp_path / "b")
+    assert result.returncode == 2, result.stderr
+    assert "nms = \"host\"" in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr and not (tmp_path / "b").exists()
+
+
+def test_nms_graph_passes_the_tensorrt_parser_prechecks(tmp_path, shapes):
+    """Every TensorRT line edgepipe targets (8.5 on) parses ONNX NonMaxSuppression natively
+    (onnx-tensorrt 8.5 changelog): the jetson bundle carries the NMS in its engine's ONNX."""
+    out = tmp_path / "jetson"
+    result = run_edgepipe("build", DETECTOR, "--weights", shapes / "shapes_detector.pt", "--target", "jetson",
+                          "--profile", _nms_profile(tmp_path, "fp32"), "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    model = onnx.load(str(out / "model.onnx"))
+    names = [o.name for o in model.graph.output]
+    assert names == ["output", "det_boxes", "det_scores", "det_classes", "num_dets"]
+    assert sum(n.op_type == "NonMaxSuppression" for n in model.graph.node) == 1
+    plan = json.loads((out / "manifest.json").read_text())["backend"]["engine"]
+    assert plan

@@ -63,9 +63,15 @@ def detections(manifest: dict[str, Any], outputs: dict[str, np.ndarray],
     post = manifest.get("postprocess")
     if not post or post.get("kind") != "detection":
         return {}
-    head = outputs.get(post["output"], next(iter(outputs.values())))
-    found = detect(head, score_threshold=post["score_threshold"], iou_threshold=post["iou_threshold"],
-                   max_detections=post["max_detections"], classes=post.get("classes"))
+    if post.get("nms") == "graph":  # the model did it: its fixed-size outputs, cut to num_dets
+        count = int(np.asarray(outputs["num_dets"]).reshape(-1)[0])
+        found = {"boxes": np.asarray(outputs["det_boxes"], np.float32)[0, :count],
+                 "scores": np.asarray(outputs["det_scores"], np.float32)[0, :count],
+                 "classes": np.asarray(outputs["det_classes"]).astype(np.int64)[0, :count]}
+    else:
+        head = outputs.get(post["output"], next(iter(outputs.values())))
+        found = detect(head, score_threshold=post["score_threshold"], iou_threshold=post["iou_threshold"],
+                       max_detections=post["max_detections"], classes=post.get("classes"))
     if image is not None and image.suffix.lower() in IMAGE_SUFFIXES:
         width, height = image_size(image)
         pre = manifest["inputs"][0]["preprocessing"]

@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from edgepipe import postprocess
 from edgepipe.artifact import Artifact
 from edgepipe.backends import get_backend
 from edgepipe.backends.base import LowerHints
@@ -46,8 +47,13 @@ class LowerStage:
             raise BadInputError(f"profile '{ctx.profile.name}': [lower] precision '{settings.precision}' "
                                 f"is not available on backend {backend.name} "
                                 f"(available: {', '.join(backend.precisions)})")
+        post = postprocess.record(ctx, model)
+        module = ctx.source.module
+        if post and post["nms"] == "graph":
+            model = postprocess.with_nms(model, post, ctx.work_dir / "postprocess-nms.onnx")
+            module = None  # TFLite: convert this ONNX (onnx2tf), not the PyTorch module without the NMS
         hints = LowerHints(shape_ranges=ctx.shape_ranges, model_name=ctx.source.name,
-                           source_kind=ctx.source.kind, source_module=ctx.source.module,
+                           source_kind=ctx.source.kind, source_module=module,
                            example_args=example_args(ctx), stages=tuple(ctx.profile.stages),
                            work_dir=ctx.work_dir)
         artifact, warnings, facts = backend.lower(model, ctx.target.lower, ctx.target.runtime,
@@ -58,4 +64,4 @@ class LowerStage:
         yield StageOutcome(artifact=artifact, warnings=warnings,
                             metrics={"backend": backend.name, **backend.runtime_versions(),
                                      "precision": settings.precision, "runtime_reports": facts,
-                                     **detail})
+                                     **detail, **({"postprocess": post} if post else {})})

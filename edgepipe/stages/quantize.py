@@ -27,10 +27,11 @@ from edgepipe.artifact import Artifact
 from edgepipe.budget import TIMED, allowed_drop
 from edgepipe.candidate_timing import ROUNDS, RUNS, Speedup, host_runs_target, speedup
 from edgepipe.config import AccuracyBudget
-from edgepipe.data.evaluation import EvalData, calibration_eval, eval_data_for, is_detection_eval
+from edgepipe.data.evaluation import EvalData, calibration_eval, eval_data_for
 from edgepipe.data.preprocessing import ImagePreprocessing
 from edgepipe.data.samples import Feed, SampleSource, open_samples
 from edgepipe.errors import BackendError, BadInputError, first_line
+from edgepipe.postprocess import is_detector
 from edgepipe.quantization import detection_head, ranges, sensitivity, tensorrt_cache, transformer
 from edgepipe.quantization.engines import Int8Engine, Int8Job, NncfOpenVino, OnnxRuntimeStatic, engine_for
 from edgepipe.quantization.qdq import AccuracyControl
@@ -69,17 +70,6 @@ class QuantizeBudget(StrictModel):
                                "host runs the target (0: not checked)")
 
 
-class DetectSettings(StrictModel):
-    """A detector's head and how the device turns it into boxes (run.py; recorded in the manifest)."""
-
-    head: Literal["auto", "yolov8", "none"] = Field(
-        "auto", description="auto: yolov8 when --eval holds labelled boxes (COCO or YOLO layout)")
-    keep_head_float: bool = Field(True, description="the head's last convolutions and decode stay float")
-    score_threshold: float = Field(0.25, ge=0, le=1, description="run.py's detections")
-    iou_threshold: float = Field(0.45, ge=0, le=1, description="run.py's per-class NMS")
-    max_detections: int = Field(100, ge=1)
-
-
 class QuantizeSettings(StrictModel):
     calib: str | None = Field(None, description="path, file.py:fn or 'random'; --calib overrides")
     calib_count: int = Field(300, ge=1)
@@ -100,7 +90,6 @@ class QuantizeSettings(StrictModel):
     exclude_op_types: list[str] = Field(default_factory=list)
     keep_first_last: bool = Field(False, description="first and last quantizable layers in float")
     preprocess: ImagePreprocessing = ImagePreprocessing()
-    detect: DetectSettings = DetectSettings()
     budget: QuantizeBudget = QuantizeBudget()
 
 
@@ -112,13 +101,7 @@ def calibration_source(ctx: BuildContext, settings: QuantizeSettings) -> SampleS
     if spec is None:
         raise BadInputError(CALIBRATION_NEEDED)
     return open_samples(spec, ctx.inputs, preprocess=settings.preprocess, seed=settings.seed,
-                        detection=is_detector(ctx, settings))
-
-
-def is_detector(ctx: BuildContext, settings: QuantizeSettings) -> bool:
-    if settings.detect.head == "auto":
-        return is_detection_eval(ctx.eval)
-    return settings.detect.head != "none"
+                        detection=is_detector(ctx))
 
 
 def _name_nodes(model_path: Path) -> None:
@@ -388,8 +371,7 @@ class QuantizeStage:
                                    else f"{overlap} evaluation samples identical to calibration samples"),
             "budget": settings.budget.model_dump(mode="json"),
             "excluded": excluded,
-            **({"detection": detection, "postprocess": self._postprocess(detection, settings, model)}
-               if detection else {}),
+            **({"detection": detection} if detection else {}),
         }
 
         def score(candidate: Artifact) -> Scores:
@@ -641,33 +623,21 @@ class QuantizeStage:
                    eval_data: EvalData, excluded: list[str]) -> dict[str, Any] | None:
         """A detector's record, and its head's tail added to `excluded` (the detection-aware
         scheme) where the engine can keep single layers float (the TFLite converters cannot)."""
-        if not is_detector(ctx, settings):
+        if not is_detector(ctx):
             return None
         prediction, decode = detection_head.head_tail(model)
         kept, how = [], "none"
-        if settings.detect.keep_head_float and engine != "litert":
+        keep = ctx.profile.detect.keep_head_float
+        if keep and engine != "litert":
             kept = [name for name in [*prediction, *decode] if name not in excluded]
             excluded.extend(kept)
             how = "qdq"
-        elif settings.detect.keep_head_float and ctx.source.module is not None:
+        elif keep and ctx.source.module is not None:
             how = "pt2e"  # litert-torch: the same walk on the torch.fx graph (detection_head.fx_head_tail)
         boxes = eval_data.detection
-        output = model.graph.output[0]
-        dims = [d.dim_value for d in output.type.tensor_type.shape.dim]
-        classes = boxes.class_count if boxes else (min(dims[1:]) - 4 if len(dims) == 3 else None)
-        return {"head": "yolov8", "classes": classes, "class_names": list(boxes.classes) if boxes and
-                boxes.classes else None, "prediction_layers": prediction, "kept_float": kept,
+        return {"head": "yolov8", "classes": boxes.class_count if boxes else None,
+                "prediction_layers": prediction, "kept_float": kept,
                 "data": boxes.layout if boxes else None, "float_head": how}
-
-    @staticmethod
-    def _postprocess(detection: dict[str, Any], settings: QuantizeSettings,
-                     model: Artifact) -> dict[str, Any]:
-        """What run.py does with the head's output (the manifest's `postprocess`)."""
-        d = settings.detect
-        return {"kind": "detection", "head": detection["head"], "output": model.outputs[0].name,
-                "classes": detection["classes"], "class_names": detection["class_names"],
-                "score_threshold": d.score_threshold, "iou_threshold": d.iou_threshold,
-                "max_detections": d.max_detections, "nms": "run.py (numpy), per class"}
 
     @staticmethod
     def _tensorrt_cache(cache: Path, model: Path | None, ctx: BuildContext, method: str) -> dict[str, Any]:

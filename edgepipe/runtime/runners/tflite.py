@@ -9,6 +9,7 @@ standalone runtime, or full TensorFlow; all three are tried.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -96,6 +97,13 @@ def match_tensors(details: list[dict], specs: Sequence[Spec]) -> list[dict]:
         return [by_name[spec["name"]] for spec in specs]
     if len(details) != len(specs):
         raise BackendError(f"the .tflite has {len(details)} tensors where the model has {len(specs)}")
+    numbered = {int(bare.rsplit(":", 1)[1]): entry for entry in details
+                if re.fullmatch(r"(Stateful)?PartitionedCall:\d+", bare := entry["name"])}
+    if len(numbered) == len(specs) > 1:
+        # A SavedModel signature (onnx2tf's route) lists its outputs sorted by name and the
+        # converter numbers them in that order: PartitionedCall:k is the k-th name.
+        ordered = sorted(spec["name"] for spec in specs)
+        return [numbered[ordered.index(spec["name"])] for spec in specs]
     return list(details)
 
 

@@ -1,0 +1,195 @@
+"""What a bundle does with a detector's head: the manifest's `postprocess` record, and, with
+`[detect] nms = "graph"`, the decode and NMS appended to the model itself.
+
+Raw head (the default, `nms = "host"`): the model ends at its `(1, 4 + classes, anchors)` head and
+run.py decodes it with numpy (runtime/detection.py), as most runtimes' apps expect.
+
+In the graph (`nms = "graph"`): cx cy w h to x1 y1 x2 y2, each anchor's best class, ONNX
+`NonMaxSuppression` (per class, the profile's IoU and score thresholds), the best
+`max_detections` kept and padded to a fixed size, the way TensorRT's EfficientNMS plugin
+and Ultralytics' `nms=True` exports shape them: `det_boxes (1, M, 4)`, `det_scores (1, M)`,
+`det_classes (1, M)` and `num_dets (1, 1)` (int32, as EfficientNMS gives them). The raw head stays an output too, so every stage's
+parity is still judged on it. Written with onnx.helper: no library appends NMS to a foreign
+head (onnx-graphsurgeon, which Ultralytics uses for this, works at the same level).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgepipe.artifact import Artifact, TensorSpec
+from edgepipe.data.evaluation import is_detection_eval
+from edgepipe.errors import BadInputError
+
+if TYPE_CHECKING:
+    import onnx
+
+    from edgepipe.stages.base import BuildContext
+
+GRAPH_OUTPUTS = ("det_boxes", "det_scores", "det_classes", "num_dets")
+MIN_OPSET = 11  # NonMaxSuppression-11, GatherND, TopK with a k input, Pad with a pads input
+
+
+def is_detector(ctx: BuildContext) -> bool:
+    """`[detect] head`, or with `auto` whether --eval holds labelled boxes."""
+    head = ctx.profile.detect.head
+    return is_detection_eval(ctx.eval) if head == "auto" else head != "none"
+
+
+def _class_names(ctx: BuildContext, classes: int) -> list[str] | None:
+    if not is_detection_eval(ctx.eval):
+        return None
+    from edgepipe.data.detection_sets import open_detection_set
+
+    names = open_detection_set(Path(str(ctx.eval)), ctx.inputs[0], None).classes
+    return list(names) if names and len(names) == classes else None
+
+
+def head_classes(output: TensorSpec) -> int:
+    """The class count a YOLOv8-style head's shape implies: (1, 4 + C, N) or (1, N, 4 + C)."""
+    dims = list(output.shape)
+    if len(dims) != 3 or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
+        raise BadInputError(f"output '{output.name}' has shape {dims}: a yolov8 detection head is "
+                            "(1, 4 + classes, anchors) with static sizes (give --input with a fixed size)")
+    small = min(dims[1], dims[2])
+    if small < 5:
+        raise BadInputError(f"output '{output.name}' has shape {dims}: a yolov8 detection head needs "
+                            "4 box rows and at least one class row")
+    return small - 4
+
+
+def record(ctx: BuildContext, model: Artifact) -> dict[str, Any] | None:
+    """The manifest's `postprocess` for a detector (None for any other model)."""
+    if not is_detector(ctx):
+        return None
+    detect = ctx.profile.detect
+    head = model.outputs[0]
+    classes = head_classes(head)
+    return {"kind": "detection", "head": "yolov8", "output": head.name, "classes": classes,
+            "class_names": _class_names(ctx, classes), "score_threshold": detect.score_threshold,
+            "iou_threshold": detect.iou_threshold, "max_detections": detect.max_detections,
+            "nms": detect.nms,
+            **({"graph_outputs": list(GRAPH_OUTPUTS)} if detect.nms == "graph" else {})}
+
+
+def with_nms(model: Artifact, post: dict[str, Any], path: Path) -> Artifact:
+    """The model with its head decoded and NMS'd in the graph (`nms = "graph"`), written to `path`."""
+    import onnx
+
+    from edgepipe import onnx_model
+
+    if model.format != "onnx":
+        raise BadInputError(f"[detect] nms = \"graph\" appends ONNX NonMaxSuppression to the model; this "
+                            f"target's int8 is a .{model.path.suffix.lstrip('.')} its converter wrote "
+                            "(use nms = \"host\": run.py decodes the head)")
+    proto = onnx_model.load_plain(model.path)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < MIN_OPSET:
+        raise BadInputError(f"[detect] nms = \"graph\" needs opset {MIN_OPSET} or later; the model has "
+                            f"opset {opset}")
+    head = post["output"]
+    output = next(o for o in proto.graph.output if o.name == head)
+    channel_first = output.type.tensor_type.shape.dim[1].dim_value == 4 + post["classes"]
+    proto.graph.node.extend(_nms_nodes(head, post, channel_first, opset))
+    proto.graph.initializer.extend(_constants(post, opset))
+    m = post["max_detections"]
+    proto.graph.output.extend([
+        onnx.helper.make_tensor_value_info("det_boxes", onnx.TensorProto.FLOAT, [1, m, 4]),
+        onnx.helper.make_tensor_value_info("det_scores", onnx.TensorProto.FLOAT, [1, m]),
+        onnx.helper.make_tensor_value_info("det_classes", onnx.TensorProto.INT32, [1, m]),
+        onnx.helper.make_tensor_value_info("num_dets", onnx.TensorProto.INT32, [1, 1])])
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    outputs = (*model.outputs, TensorSpec("det_boxes", (1, m, 4), "float32"),
+               TensorSpec("det_scores", (1, m), "float32"), TensorSpec("det_classes", (1, m), "int32"),
+               TensorSpec("num_dets", (1, 1), "int32"))
+    return Artifact(path, "onnx", model.inputs, outputs, facts=dict(model.facts))
+
+
+def _constants(post: dict[str, Any], opset: int) -> list[onnx.TensorProto]:
+    from onnx import numpy_helper
+
+    m, c = post["max_detections"], post["classes"]
+    values = {"nms_max_per_class": np.array([m], np.int64),
+              "nms_iou": np.array([post["iou_threshold"]], np.float32),
+              "nms_score": np.array([post["score_threshold"]], np.float32),
+              "nms_starts_xy": np.array([0], np.int64), "nms_starts_wh": np.array([2], np.int64),
+              "nms_starts_cls": np.array([4], np.int64), "nms_ends_cls": np.array([4 + c], np.int64),
+              "nms_axis2": np.array([2], np.int64), "nms_half": np.array(0.5, np.float32),
+              "nms_batch_box": np.array([0, 2], np.int64), "nms_class": np.array(1, np.int64),
+              "nms_max": np.array([m], np.int64), "nms_zero": np.array([0], np.int64),
+              "shape_boxes": np.array([1, m, 4], np.int64), "shape_row": np.array([1, m], np.int64),
+              "shape_one": np.array([1, 1], np.int64),
+              "nms_sentinel_box": np.zeros((1, 1, 4), np.float32),
+              "nms_sentinel_scores": np.full((1, c, 1), -1.0, np.float32),
+              "nms_minus_half": np.array(-0.5, np.float32)}
+    if opset >= 18:  # ReduceMax takes its axes as an input from opset 18
+        values["nms_axes2"] = np.array([2], np.int64)
+    return [numpy_helper.from_array(value, name) for name, value in values.items()]
+
+
+def _nms_nodes(head: str, post: dict[str, Any], channel_first: bool, opset: int) -> list[onnx.NodeProto]:
+    from onnx import helper
+
+    def node(op: str, inputs: list[str], output: str, **attributes: Any) -> onnx.NodeProto:
+        return helper.make_node(op, inputs, [output], name=f"/postprocess/{output}", **attributes)
+
+    rows = "nms_rows"
+    nodes = [node("Transpose", [head], rows, perm=[0, 2, 1]) if channel_first
+             else node("Identity", [head], rows)]
+    nodes += [
+        node("Slice", [rows, "nms_starts_xy", "nms_starts_wh", "nms_axis2"], "nms_cxcy"),
+        node("Slice", [rows, "nms_starts_wh", "nms_starts_cls", "nms_axis2"], "nms_wh"),
+        node("Slice", [rows, "nms_starts_cls", "nms_ends_cls", "nms_axis2"], "nms_probabilities"),
+        node("Mul", ["nms_wh", "nms_half"], "nms_half_wh"),
+        node("Sub", ["nms_cxcy", "nms_half_wh"], "nms_x1y1"),
+        node("Add", ["nms_cxcy", "nms_half_wh"], "nms_x2y2"),
+        node("Concat", ["nms_x1y1", "nms_x2y2"], "nms_boxes_real", axis=2),
+        # A sentinel anchor 0 with score -1, which no threshold passes: TFLite's NMS (onnx2tf writes
+        # NON_MAX_SUPPRESSION_V4) pads its selection with index 0, and the padding must not count.
+        node("Concat", ["nms_sentinel_box", "nms_boxes_real"], "nms_boxes", axis=1),
+    ]
+    # Each anchor's best class only, as run.py's host path decodes (ties keep both).
+    if opset >= 18:
+        nodes.append(node("ReduceMax", ["nms_probabilities", "nms_axes2"], "nms_best", keepdims=1))
+    else:
+        nodes.append(node("ReduceMax", ["nms_probabilities"], "nms_best", axes=[2], keepdims=1))
+    nodes += [
+        node("Equal", ["nms_probabilities", "nms_best"], "nms_is_best"),
+        node("Cast", ["nms_is_best"], "nms_best_mask", to=1),
+        node("Mul", ["nms_probabilities", "nms_best_mask"], "nms_scores_nc"),
+        node("Transpose", ["nms_scores_nc"], "nms_scores_real", perm=[0, 2, 1]),  # (1, classes, anchors)
+        node("Concat", ["nms_sentinel_scores", "nms_scores_real"], "nms_scores", axis=2),
+        node("NonMaxSuppression", ["nms_boxes", "nms_scores", "nms_max_per_class", "nms_iou", "nms_score"],
+             "nms_selected"),  # (K, 3): batch, class, box
+        node("GatherND", ["nms_scores", "nms_selected"], "nms_selected_scores"),
+        node("Gather", ["nms_selected", "nms_batch_box"], "nms_batch_box_index", axis=1),
+        node("GatherND", ["nms_boxes", "nms_batch_box_index"], "nms_selected_boxes"),
+        node("Gather", ["nms_selected", "nms_class"], "nms_selected_classes", axis=1),
+        node("Greater", ["nms_selected_scores", "nms_minus_half"], "nms_is_real"),
+        node("Cast", ["nms_is_real"], "nms_real", to=7),
+        node("ReduceSum", ["nms_real"], "nms_found", keepdims=1),
+        node("Min", ["nms_found", "nms_max"], "nms_k"),
+        helper.make_node("TopK", ["nms_selected_scores", "nms_k"], ["nms_top_scores", "nms_top_index"],
+                         name="/postprocess/nms_topk", largest=1, sorted=1),
+        node("Gather", ["nms_selected_boxes", "nms_top_index"], "nms_top_boxes", axis=0),
+        node("Gather", ["nms_selected_classes", "nms_top_index"], "nms_top_classes", axis=0),
+        node("Sub", ["nms_max", "nms_k"], "nms_missing"),
+        node("Concat", ["nms_zero", "nms_missing"], "nms_pads_1d", axis=0),
+        node("Concat", ["nms_zero", "nms_zero", "nms_missing", "nms_zero"], "nms_pads_2d", axis=0),
+        node("Pad", ["nms_top_scores", "nms_pads_1d"], "nms_scores_padded"),
+        node("Pad", ["nms_top_classes", "nms_pads_1d"], "nms_classes_padded"),
+        node("Pad", ["nms_top_boxes", "nms_pads_2d"], "nms_boxes_padded"),
+        # Constant shapes at the end: the outputs are static, so TensorRT and TFLite allocate them.
+        node("Reshape", ["nms_boxes_padded", "shape_boxes"], "det_boxes"),
+        node("Reshape", ["nms_scores_padded", "shape_row"], "det_scores"),
+        # int32 counts and classes, as EfficientNMS gives them: TensorRT 8.5 has no int64 outputs.
+        node("Cast", ["nms_classes_padded"], "nms_classes_int32", to=6),
+        node("Reshape", ["nms_classes_int32", "shape_row"], "det_classes"),
+        node("Cast", ["nms_k"], "nms_k_int32", to=6),
+        node("Reshape", ["nms_k_int32", "shape_one"], "num_dets"),
+    ]
+    return nodes
