@@ -71,6 +71,7 @@ bench: $(STAMP) modelopt
 	$(BIN)/python bench/bench_openvino.py
 	$(BIN)/python bench/bench_int8_real.py
 	$(BIN)/python bench/bench_tensorrt_int8.py
+	$(BIN)/python bench/bench_detector.py --runs 50
 	$(BIN)/python bench/third_party.py
 
 clean:
