@@ -9,8 +9,9 @@ In the graph (`nms = "graph"`): cx cy w h to x1 y1 x2 y2, each anchor's best cla
 `max_detections` kept and padded to a fixed size, the way TensorRT's EfficientNMS plugin
 and Ultralytics' `nms=True` exports shape them: `det_boxes (1, M, 4)`, `det_scores (1, M)`,
 `det_classes (1, M)` and `num_dets (1, 1)` (int32, as EfficientNMS gives them). The raw head
-stays an output too, so every stage's parity is still judged on it. Written with onnx.helper: no library appends NMS to a foreign
-head (onnx-graphsurgeon, which Ultralytics uses for this, works at the same level).
+stays an output too, so every stage's parity is still judged on it. Written with onnx.helper:
+no library appends NMS to a foreign head (onnx-graphsurgeon, which Ultralytics uses for this,
+works at the same level).
 """
 
 from __future__ import annotations
