@@ -143,14 +143,16 @@ def _quantize_section(stage: dict[str, Any]) -> list[str]:
         estimated = bool(speed and speed.get("estimated"))
         how = ("estimated for the target's GPU (see above) at every step" if estimated
                else "timed only for steps within the accuracy budget")
+        task, key = ("mAP@0.5:0.95", "map50_95_after") if detector else ("top-1 agreement",
+                                                                          "top1_agreement_after")
         lines += ["", "Fallback steps, each keeping one more tensor's nodes in float (accuracy on the "
                       f"evaluation data; speed-up over float {how}):", "",
-                  "| step | tensor | local SQNR dB | nodes kept in float | mean cosine | top-1 agreement | "
+                  f"| step | tensor | local SQNR dB | nodes kept in float | mean cosine | {task} | "
                   "speed-up |", "|---:|---|---:|---|---:|---:|---:|"]
         for step, row in enumerate(m["fallback"], 1):
             lines.append(f"| {step} | `{row['tensor']}` | {row['sqnr_db']} | {', '.join(row['nodes'])} | "
                          f"{_metric(row['mean_cosine_after'], '.5f')} | "
-                         f"{_score(row, 'top1_agreement_after', '.3f')} | "
+                         f"{_score(row, key, '.3f' if not detector else '.2f')} | "
                          f"{_score(row, 'estimated_speedup' if estimated else 'speedup', '.2f')} |")
     if m["worst_layers"]:
         lines += ["", "Worst quantized tensors (local SQNR: the tensor against its own int8 copy):", "",

@@ -251,6 +251,9 @@ class DetectSettings(StrictModel):
     score_threshold: float = Field(0.25, ge=0, le=1)
     iou_threshold: float = Field(0.45, ge=0, le=1, description="per-class NMS")
     max_detections: int = Field(100, ge=1, le=10_000)
+    min_float_map50: float = Field(5.0, ge=0, le=100, description="labelled boxes the float model scores "
+                                   "less on are refused as mismatched (class order, box format, "
+                                   "preprocessing); 0: off")
 
 
 class ProfileFile(StrictModel):

@@ -24,6 +24,7 @@ import numpy as np
 from edgepipe.artifact import Artifact, TensorSpec
 from edgepipe.data.evaluation import is_detection_eval
 from edgepipe.errors import BadInputError
+from edgepipe.runtime import detection
 
 if TYPE_CHECKING:
     import onnx
@@ -50,16 +51,8 @@ def _class_names(ctx: BuildContext, classes: int) -> list[str] | None:
 
 
 def head_classes(output: TensorSpec) -> int:
-    """The class count a YOLOv8-style head's shape implies: (1, 4 + C, N) or (1, N, 4 + C)."""
-    dims = list(output.shape)
-    if len(dims) != 3 or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
-        raise BadInputError(f"output '{output.name}' has shape {dims}: a yolov8 detection head is "
-                            "(1, 4 + classes, anchors) with static sizes (give --input with a fixed size)")
-    small = min(dims[1], dims[2])
-    if small < 5:
-        raise BadInputError(f"output '{output.name}' has shape {dims}: a yolov8 detection head needs "
-                            "4 box rows and at least one class row")
-    return small - 4
+    """The class count of the model's head (runtime.detection.head_classes decides it)."""
+    return detection.head_classes(output.shape, f"output '{output.name}'")
 
 
 def record(ctx: BuildContext, model: Artifact) -> dict[str, Any] | None:
@@ -76,8 +69,9 @@ def record(ctx: BuildContext, model: Artifact) -> dict[str, Any] | None:
             **({"graph_outputs": list(GRAPH_OUTPUTS)} if detect.nms == "graph" else {})}
 
 
-def with_nms(model: Artifact, post: dict[str, Any], path: Path) -> Artifact:
-    """The model with its head decoded and NMS'd in the graph (`nms = "graph"`), written to `path`."""
+def with_nms(model: Artifact, post: dict[str, Any], path: Path, backend: str) -> Artifact:
+    """The model with its head decoded and NMS'd in the graph (`nms = "graph"`), written to `path`,
+    in the form the target's `backend` converter reads."""
     import onnx
 
     from edgepipe import onnx_model
@@ -91,10 +85,13 @@ def with_nms(model: Artifact, post: dict[str, Any], path: Path) -> Artifact:
     if opset < MIN_OPSET:
         raise BadInputError(f"[detect] nms = \"graph\" needs opset {MIN_OPSET} or later; the model has "
                             f"opset {opset}")
-    head = post["output"]
-    output = next(o for o in proto.graph.output if o.name == head)
-    channel_first = output.type.tensor_type.shape.dim[1].dim_value == 4 + post["classes"]
-    proto.graph.node.extend(_nms_nodes(head, post, channel_first, opset))
+    taken = {name for n in proto.graph.node for name in n.output} | {i.name for i in proto.graph.initializer}
+    clash = sorted(name for name in taken if name.startswith("nms_") or name in GRAPH_OUTPUTS)
+    if clash:
+        raise BadInputError(f"[detect] nms = \"graph\": the model already has a tensor named '{clash[0]}'")
+    # onnx2tf (1.29) reads a constant TopK K with int(), which numpy 2 refuses for the 1-element
+    # array ONNX prescribes; TensorRT 8.5 wants K constant. TFLite gets K computed (always M).
+    proto.graph.node.extend(_nms_nodes(post["output"], opset, constant_k=backend != "tflite"))
     proto.graph.initializer.extend(_constants(post, opset))
     m = post["max_detections"]
     proto.graph.output.extend([
@@ -121,30 +118,35 @@ def _constants(post: dict[str, Any], opset: int) -> list[onnx.TensorProto]:
               "nms_starts_cls": np.array([4], np.int64), "nms_ends_cls": np.array([4 + c], np.int64),
               "nms_axis2": np.array([2], np.int64), "nms_half": np.array(0.5, np.float32),
               "nms_batch_box": np.array([0, 2], np.int64), "nms_class": np.array(1, np.int64),
-              "nms_max": np.array([m], np.int64), "nms_zero": np.array([0], np.int64),
-              "shape_boxes": np.array([1, m, 4], np.int64), "shape_row": np.array([1, m], np.int64),
-              "shape_one": np.array([1, 1], np.int64),
+              "nms_max": np.array([m], np.int64),
+              "nms_shape_boxes": np.array([1, m, 4], np.int64), "nms_shape_row": np.array([1, m], np.int64),
+              "nms_shape_one": np.array([1, 1], np.int64),
               "nms_sentinel_box": np.zeros((1, 1, 4), np.float32),
               "nms_sentinel_scores": np.full((1, c, 1), -1.0, np.float32),
-              "nms_minus_half": np.array(-0.5, np.float32)}
+              "nms_minus_one": np.array(-1.0, np.float32), "nms_minus_half": np.array(-0.5, np.float32),
+              "nms_zero_score": np.array(0.0, np.float32),
+              "nms_pad_scores": np.full((m,), -1.0, np.float32),
+              "nms_pad_boxes": np.zeros((m, 4), np.float32),
+              "nms_pad_classes": np.zeros((m,), np.int64)}
     if opset >= 18:  # ReduceMax takes its axes as an input from opset 18
         values["nms_axes2"] = np.array([2], np.int64)
     return [numpy_helper.from_array(value, name) for name, value in values.items()]
 
 
-def _nms_nodes(head: str, post: dict[str, Any], channel_first: bool, opset: int) -> list[onnx.NodeProto]:
+def _nms_nodes(head: str, opset: int, constant_k: bool) -> list[onnx.NodeProto]:
+    """The decode and NMS as ONNX nodes. Every TensorRT parser edgepipe targets takes them: TopK's K is
+    a constant (TensorRT 8.5 wants an initializer), reductions run on float, and the selection is
+    padded by a constant block rather than by a run-time Pad."""
     from onnx import helper
 
     def node(op: str, inputs: list[str], output: str, **attributes: Any) -> onnx.NodeProto:
         return helper.make_node(op, inputs, [output], name=f"/postprocess/{output}", **attributes)
 
-    rows = "nms_rows"
-    nodes = [node("Transpose", [head], rows, perm=[0, 2, 1]) if channel_first
-             else node("Identity", [head], rows)]
-    nodes += [
-        node("Slice", [rows, "nms_starts_xy", "nms_starts_wh", "nms_axis2"], "nms_cxcy"),
-        node("Slice", [rows, "nms_starts_wh", "nms_starts_cls", "nms_axis2"], "nms_wh"),
-        node("Slice", [rows, "nms_starts_cls", "nms_ends_cls", "nms_axis2"], "nms_probabilities"),
+    nodes = [
+        node("Transpose", [head], "nms_rows", perm=[0, 2, 1]),  # (1, anchors, 4 + classes)
+        node("Slice", ["nms_rows", "nms_starts_xy", "nms_starts_wh", "nms_axis2"], "nms_cxcy"),
+        node("Slice", ["nms_rows", "nms_starts_wh", "nms_starts_cls", "nms_axis2"], "nms_wh"),
+        node("Slice", ["nms_rows", "nms_starts_cls", "nms_ends_cls", "nms_axis2"], "nms_probabilities"),
         node("Mul", ["nms_wh", "nms_half"], "nms_half_wh"),
         node("Sub", ["nms_cxcy", "nms_half_wh"], "nms_x1y1"),
         node("Add", ["nms_cxcy", "nms_half_wh"], "nms_x2y2"),
@@ -153,15 +155,15 @@ def _nms_nodes(head: str, post: dict[str, Any], channel_first: bool, opset: int)
         # NON_MAX_SUPPRESSION_V4) pads its selection with index 0, and the padding must not count.
         node("Concat", ["nms_sentinel_box", "nms_boxes_real"], "nms_boxes", axis=1),
     ]
-    # Each anchor's best class only, as run.py's host path decodes (ties keep both).
+    # Each anchor's best class only, as run.py's host path decodes (an exact tie keeps both); the
+    # others get -1, below any threshold whether a runtime compares strictly or not.
     if opset >= 18:
         nodes.append(node("ReduceMax", ["nms_probabilities", "nms_axes2"], "nms_best", keepdims=1))
     else:
         nodes.append(node("ReduceMax", ["nms_probabilities"], "nms_best", axes=[2], keepdims=1))
     nodes += [
         node("Equal", ["nms_probabilities", "nms_best"], "nms_is_best"),
-        node("Cast", ["nms_is_best"], "nms_best_mask", to=1),
-        node("Mul", ["nms_probabilities", "nms_best_mask"], "nms_scores_nc"),
+        node("Where", ["nms_is_best", "nms_probabilities", "nms_minus_one"], "nms_scores_nc"),
         node("Transpose", ["nms_scores_nc"], "nms_scores_real", perm=[0, 2, 1]),  # (1, classes, anchors)
         node("Concat", ["nms_sentinel_scores", "nms_scores_real"], "nms_scores", axis=2),
         node("NonMaxSuppression", ["nms_boxes", "nms_scores", "nms_max_per_class", "nms_iou", "nms_score"],
@@ -170,27 +172,28 @@ def _nms_nodes(head: str, post: dict[str, Any], channel_first: bool, opset: int)
         node("Gather", ["nms_selected", "nms_batch_box"], "nms_batch_box_index", axis=1),
         node("GatherND", ["nms_boxes", "nms_batch_box_index"], "nms_selected_boxes"),
         node("Gather", ["nms_selected", "nms_class"], "nms_selected_classes", axis=1),
-        node("Greater", ["nms_selected_scores", "nms_minus_half"], "nms_is_real"),
-        node("Cast", ["nms_is_real"], "nms_real", to=7),
-        node("ReduceSum", ["nms_real"], "nms_found", keepdims=1),
-        node("Min", ["nms_found", "nms_max"], "nms_k"),
-        helper.make_node("TopK", ["nms_selected_scores", "nms_k"], ["nms_top_scores", "nms_top_index"],
-                         name="/postprocess/nms_topk", largest=1, sorted=1),
-        node("Gather", ["nms_selected_boxes", "nms_top_index"], "nms_top_boxes", axis=0),
-        node("Gather", ["nms_selected_classes", "nms_top_index"], "nms_top_classes", axis=0),
-        node("Sub", ["nms_max", "nms_k"], "nms_missing"),
-        node("Concat", ["nms_zero", "nms_missing"], "nms_pads_1d", axis=0),
-        node("Concat", ["nms_zero", "nms_zero", "nms_missing", "nms_zero"], "nms_pads_2d", axis=0),
-        node("Pad", ["nms_top_scores", "nms_pads_1d"], "nms_scores_padded"),
-        node("Pad", ["nms_top_classes", "nms_pads_1d"], "nms_classes_padded"),
-        node("Pad", ["nms_top_boxes", "nms_pads_2d"], "nms_boxes_padded"),
-        # Constant shapes at the end: the outputs are static, so TensorRT and TFLite allocate them.
-        node("Reshape", ["nms_boxes_padded", "shape_boxes"], "det_boxes"),
-        node("Reshape", ["nms_scores_padded", "shape_row"], "det_scores"),
-        # int32 counts and classes, as EfficientNMS gives them: TensorRT 8.5 has no int64 outputs.
-        node("Cast", ["nms_classes_padded"], "nms_classes_int32", to=6),
-        node("Reshape", ["nms_classes_int32", "shape_row"], "det_classes"),
-        node("Cast", ["nms_k"], "nms_k_int32", to=6),
-        node("Reshape", ["nms_k_int32", "shape_one"], "num_dets"),
+        # M entries of score -1 after the K selected: a constant TopK of M then always has M to take.
+        node("Concat", ["nms_selected_scores", "nms_pad_scores"], "nms_all_scores", axis=0),
+        node("Concat", ["nms_selected_boxes", "nms_pad_boxes"], "nms_all_boxes", axis=0),
+        node("Concat", ["nms_selected_classes", "nms_pad_classes"], "nms_all_classes", axis=0),
+        *([] if constant_k else [node("Shape", ["nms_all_scores"], "nms_all_count"),
+                                 node("Min", ["nms_all_count", "nms_max"], "nms_k")]),
+        helper.make_node("TopK", ["nms_all_scores", "nms_max" if constant_k else "nms_k"],
+                         ["nms_top_scores", "nms_top_index"], name="/postprocess/nms_topk", largest=1,
+                         sorted=1),
+        node("Gather", ["nms_all_boxes", "nms_top_index"], "nms_top_boxes", axis=0),
+        node("Gather", ["nms_all_classes", "nms_top_index"], "nms_top_classes", axis=0),
+        node("Greater", ["nms_top_scores", "nms_minus_half"], "nms_is_real"),
+        node("Cast", ["nms_is_real"], "nms_real", to=1),
+        node("ReduceSum", ["nms_real"], "nms_count", keepdims=1),
+        node("Max", ["nms_top_scores", "nms_zero_score"], "nms_scores_out"),  # padding reads 0
+        # Constant shapes at the end: the outputs are static, so TensorRT and TFLite allocate them;
+        # int32 counts and classes, as EfficientNMS gives them (TensorRT 8.5 has no int64 outputs).
+        node("Reshape", ["nms_top_boxes", "nms_shape_boxes"], "det_boxes"),
+        node("Reshape", ["nms_scores_out", "nms_shape_row"], "det_scores"),
+        node("Cast", ["nms_top_classes"], "nms_classes_int32", to=6),
+        node("Reshape", ["nms_classes_int32", "nms_shape_row"], "det_classes"),
+        node("Cast", ["nms_count"], "nms_count_int32", to=6),
+        node("Reshape", ["nms_count_int32", "nms_shape_one"], "num_dets"),
     ]
     return nodes

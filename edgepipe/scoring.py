@@ -18,12 +18,38 @@ from edgepipe.data.detection_map import mean_average_precision
 from edgepipe.data.evaluation import EvalData, Run
 from edgepipe.errors import BadInputError, EdgepipeError, first_line
 from edgepipe.parity import cosine
-from edgepipe.runtime.detection import detect
+from edgepipe.runtime.detection import detect, head_classes
 
 # Detections as mAP is measured (Ultralytics' validation settings): every class above a low
 # score per anchor, per-class NMS at IoU 0.7, COCO's 100 per image.
 EVAL_SCORE_THRESHOLD = 0.001
 EVAL_IOU_THRESHOLD = 0.7
+# The float model's own detections that stand in for labels (`detections_as_truth`): what a
+# deployed detector would report (Ultralytics' predict defaults).
+TRUTH_SCORE_THRESHOLD = 0.25
+TRUTH_IOU_THRESHOLD = 0.45
+TRUTH_LAYOUT = "float-model"
+
+
+def detections_as_truth(data: EvalData, float_run: Run) -> EvalData:
+    """Unlabelled samples (the calibration probe) as detection data: the float model's confident
+    detections are the boxes, so a candidate is ranked by the mAP it keeps of them. The raw
+    head's cosine hardly moves when boxes move: its coordinates (tens of pixels) outweigh the
+    class scores (0-1), so a cosine of 1.0000 sat beside a 4-point mAP loss."""
+    from edgepipe.data.detection_sets import DetectionSet, GroundTruth
+    from edgepipe.data.samples import LabelledSample
+
+    samples, class_count = [], 1
+    for sample in data.samples:
+        head = next(iter(float_run(sample.feed).values()))
+        class_count = head_classes(np.shape(head), "the model's first output")
+        found = detect(head, score_threshold=TRUTH_SCORE_THRESHOLD, iou_threshold=TRUTH_IOU_THRESHOLD,
+                       max_detections=100)
+        truth = GroundTruth(found["boxes"], found["classes"], np.zeros(len(found["scores"]), bool))
+        samples.append(LabelledSample(sample.feed, None, truth))
+    boxes = DetectionSet(f"{data.origin} with the float model's detections as boxes", TRUTH_LAYOUT,
+                         None, class_count, None, [])  # type: ignore[arg-type]  # no images to read
+    return EvalData(origin=boxes.origin, samples=samples, detection=boxes)
 
 
 def _sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -75,7 +101,32 @@ class Evaluator:
         self.data = data
         self._float_outputs = _outputs_of(float_run, data)
         self._float_metric = self._call_metric(float_run) if data.metric else None
+        if data.has_boxes:
+            self._check_boxes()
         self.float_scores = self._labelled_scores(self._float_outputs, None)
+
+    def check_baseline(self, min_map50: float) -> None:
+        """Nothing to lose is nothing to judge: an int8 model scoring about 0 like its float model
+        passes any budget. A float detector below `min_map50` on labelled boxes almost always
+        means a class order, box convention or preprocessing mismatch, so say so."""
+        scores = self.float_scores
+        if self.data.has_boxes and scores.map50 is not None and not scores.map50 >= min_map50:
+            raise BadInputError(f"{self.data.origin}: the float model's mAP@0.5 is {scores.map50:.2f} "
+                                f"(< [detect] min_float_map50 = {min_map50:g}): it finds almost none of the "
+                                "labelled boxes; check the class order, the box format and the "
+                                "preprocessing (letterbox, scale, channels)")
+
+    def _check_boxes(self) -> None:
+        """Labelled boxes the model can be judged on: some boxes, classes its head has."""
+        assert self.data.detection is not None
+        classes = head_classes(self._float_outputs[0][0].shape, "the model's first output")
+        counts = [len(s.boxes.classes) for s in self.data.samples]
+        if not sum(counts):
+            raise BadInputError(f"{self.data.origin}: the evaluated images hold no labelled boxes")
+        largest = max(int(s.boxes.classes.max(initial=-1)) for s in self.data.samples)
+        if largest >= classes:
+            raise BadInputError(f"{self.data.origin}: a box of class {largest}, but the model's head has "
+                                f"{classes} classes")
 
     def _call_metric(self, run: Run) -> float:
         try:

@@ -70,7 +70,7 @@ def test_nms_keeps_what_onnxruntime_nonmaxsuppression_keeps():
     assert ours.tolist() == selected.tolist()
 
 
-def test_detect_suppresses_per_class_and_reads_both_head_layouts():
+def test_detect_suppresses_per_class_and_keeps_ties_like_the_graph():
     # Two overlapping boxes of different classes both stay; a third, same class as the first, goes.
     anchors = np.array([[50, 50, 40, 40], [52, 50, 40, 40], [51, 51, 40, 40], [10, 10, 4, 4]], np.float32)
     scores = np.array([[0.9, 0.0], [0.0, 0.8], [0.7, 0.0], [0.1, 0.0]], np.float32)
@@ -79,13 +79,15 @@ def test_detect_suppresses_per_class_and_reads_both_head_layouts():
     assert found["classes"].tolist() == [0, 1]
     assert found["scores"].tolist() == pytest.approx([0.9, 0.8])
     assert found["boxes"][0].tolist() == [30, 30, 70, 70]
-    transposed = detect(head.transpose(0, 2, 1), score_threshold=0.25, iou_threshold=0.45, max_detections=10,
-                        classes=2)
-    assert transposed["boxes"].tolist() == found["boxes"].tolist()
+    tie = np.concatenate([anchors[:1], [[0.6, 0.6]]], 1).T[None]  # one anchor, two classes tied
+    tied = detect(tie, score_threshold=0.25, iou_threshold=0.45, max_detections=10)
+    assert sorted(tied["classes"].tolist()) == [0, 1]  # as the graph's Equal(ReduceMax) keeps both
+    with pytest.raises(BadInputError, match="yolov8 detection head"):
+        detect(head.transpose(0, 2, 1), score_threshold=0.25, iou_threshold=0.45, max_detections=10)
     many = detect(head, score_threshold=0.001, iou_threshold=0.45, max_detections=10, classes=2,
                   multi_label=True)
     assert len(many["scores"]) == 3  # the fourth anchor's 0.1 is kept at a low threshold
-    with pytest.raises(BadInputError, match="4 \\+ 3"):
+    with pytest.raises(BadInputError, match="has 2 classes, not 3"):
         detect(head, score_threshold=0.25, iou_threshold=0.45, max_detections=10, classes=3)
 
 
@@ -213,6 +215,35 @@ def test_bad_yolo_label_is_named_by_file_and_line(tmp_path):
     (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n1.5 0.5 0.5 0.2\n")
     with pytest.raises(BadInputError, match=r"a\.txt:2: expected 'class cx cy w h'"):
         open_eval(tmp_path, (SPEC,), limit=10)
+
+
+def test_a_model_that_is_no_detector_is_refused_before_calibrating(tmp_path, shapes, trained_digits):
+    from .conftest import DIGITS
+
+    result = run_edgepipe("build", DIGITS, "--target", "onnxruntime-cpu", "--profile", "int8", "--calib",
+                          trained_digits["test"], "--eval", shapes / "val", "--out", tmp_path / "b")
+    assert result.returncode == 2, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "a yolov8 detection head is (1, 4 + classes, anchors)" in last and "Traceback" not in result.stderr
+
+
+def test_labels_the_float_model_cannot_find_are_refused_not_passed(tmp_path, shapes):
+    """Boxes that are not where the objects are (here: every box mirrored left to right, as a
+    wrong coordinate convention does): float and int8 both score about 0, a drop of 0 that any
+    budget would pass. It is a data error, said so."""
+    val = tmp_path / "val"
+    shutil.copytree(shapes / "val", val)
+    data = json.loads((val / "instances.json").read_text())
+    widths = {image["id"]: image["width"] for image in data["images"]}
+    for annotation in data["annotations"]:
+        x, y, w, h = annotation["bbox"]
+        annotation["bbox"] = [widths[annotation["image_id"]] - x - w, y, w, h]
+    (val / "instances.json").write_text(json.dumps(data))
+    result = run_edgepipe("build", DETECTOR, "--weights", shapes / "shapes_detector.pt", "--target",
+                          "onnxruntime-cpu", "--profile", "int8", "--calib", shapes / "calib",
+                          "--eval", val, "--out", tmp_path / "b")
+    assert result.returncode == 2, result.stderr
+    assert "finds almost none of the labelled boxes" in result.stderr.strip().splitlines()[-1]
 
 
 def test_a_bad_annotation_file_fails_the_build_in_one_line(tmp_path, shapes):
@@ -423,5 +454,15 @@ def test_nms_graph_passes_the_tensorrt_parser_prechecks(tmp_path, shapes):
     names = [o.name for o in model.graph.output]
     assert names == ["output", "det_boxes", "det_scores", "det_classes", "num_dets"]
     assert sum(n.op_type == "NonMaxSuppression" for n in model.graph.node) == 1
+    # What TensorRT 8.5's parser asks (onnx-tensorrt operators.md): TopK's K an initializer,
+    # reductions on float tensors.
+    constants = {i.name for i in model.graph.initializer}
+    produced = {o: n for n in model.graph.node for o in n.output}
+    assert all(n.input[1] in constants for n in model.graph.node if n.op_type == "TopK")
+    sums = [n for n in model.graph.node if n.op_type == "ReduceSum" and n.name.startswith("/postprocess")]
+    assert sums
+    for reduce in sums:
+        source = produced[reduce.input[0]]
+        assert source.op_type == "Cast" and source.attribute[0].i == TensorProto.FLOAT
     plan = json.loads((out / "manifest.json").read_text())["backend"]["engine"]
     assert plan

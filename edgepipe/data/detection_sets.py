@@ -62,8 +62,11 @@ class DetectionSet:
         for path, xywh, classes, crowd in self.items[:limit]:
             array = self.preprocessing.image_to_array(path)[None]
             width, height = image_size(path)
-            yield {spec.name: array}, GroundTruth(_to_input_frame(xywh, width, height, self.preprocessing),
-                                                  classes, crowd)
+            boxes = _to_input_frame(xywh, width, height, self.preprocessing)
+            # A box with no area in the input (zero-sized, or cut off by a centre crop) is one no
+            # detector can find: it would only count as a miss.
+            seen = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+            yield {spec.name: array}, GroundTruth(boxes[seen], classes[seen], crowd[seen])
 
 
 def _to_input_frame(xywh: np.ndarray, width: int, height: int, pre: ResolvedPreprocessing) -> np.ndarray:

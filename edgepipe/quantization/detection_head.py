@@ -15,22 +15,50 @@ hand per model), hence this walk.
 from __future__ import annotations
 
 from collections import deque
+from typing import Any
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
-# A weighted op with at most this many weights is part of the decode, not a prediction layer:
-# YOLOv8's DFL is a 1x1 Conv with 16 constant weights (0..15) that computes an expectation.
-DECODE_WEIGHTS = 64
+PASS_THROUGH = {"DequantizeLinear", "Cast", "Identity"}  # how a weight may reach its layer
 
 
-def _weight_size(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> int | None:
-    if node.op_type not in WEIGHTED or len(node.input) < 2 or node.input[1] not in initializers:
-        return None  # an activation x activation MatMul is not a prediction layer
-    size = 1
-    for dim in initializers[node.input[1]].dims:
-        size *= dim
-    return size
+def _is_expectation(weights: np.ndarray) -> bool:
+    """YOLOv8's DFL: a conv whose weights are the ramp 0, 1, ..., n-1 computes an expected
+    distance from softmaxed bins; it is part of the decode, not a layer that learned anything."""
+    flat = np.asarray(weights, np.float64).reshape(-1)
+    return flat.size > 1 and np.array_equal(flat, np.arange(flat.size))
+
+
+def _weights(name: str, initializers: dict[str, onnx.TensorProto],
+             producer: dict[str, onnx.NodeProto]) -> np.ndarray | None:
+    """A weight tensor's values, through Constant, DequantizeLinear, Cast or Identity; None
+    for an activation."""
+    for _ in range(4):
+        if name in initializers:
+            return numpy_helper.to_array(initializers[name])
+        node = producer.get(name)
+        if node is None:
+            return None
+        if node.op_type == "Constant":
+            value = next((a for a in node.attribute if a.name == "value"), None)
+            return None if value is None else numpy_helper.to_array(value.t)
+        if node.op_type not in PASS_THROUGH:
+            return None
+        name = node.input[0]
+    return None
+
+
+def _is_prediction(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto],
+                   producer: dict[str, onnx.NodeProto]) -> bool:
+    if node.op_type not in WEIGHTED:
+        return False
+    weights = _weights(node.input[1], initializers, producer) if len(node.input) > 1 else None
+    if weights is None:  # an activation x activation MatMul is decode; a conv's weight always exists
+        return node.op_type != "MatMul"
+    return not _is_expectation(weights)
 
 
 def head_tail(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
@@ -46,8 +74,7 @@ def head_tail(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
         if node.name in seen:
             continue
         seen.add(node.name)
-        size = _weight_size(node, initializers)
-        if size is not None and size > DECODE_WEIGHTS:
+        if _is_prediction(node, initializers, producer):
             prediction.add(node.name)
             continue
         decode.add(node.name)
@@ -56,20 +83,20 @@ def head_tail(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
     return [n for n in order if n in prediction], [n for n in order if n in decode]
 
 
-def fx_head_tail(graph_module) -> set:
+def fx_head_tail(graph_module: Any) -> set:
     """The same walk on a torch.fx graph (PT2E quantization, the TFLite route of PyTorch sources):
     the nodes to leave unannotated so they stay float."""
-    def weight_size(node) -> int | None:
+    def is_prediction(node: Any) -> bool:
         if node.op != "call_function" or getattr(node.target, "__name__", "").split(".")[0] not in (
-                "conv2d", "conv1d", "conv3d", "linear", "conv_transpose2d") or len(node.args) < 2:
-            return None
+                "conv1d", "conv2d", "conv3d", "conv_transpose2d", "linear") or len(node.args) < 2:
+            return False
         weight = node.args[1]
         if getattr(weight, "op", None) != "get_attr":
-            return None
+            return True
         value = graph_module
         for part in str(weight.target).split("."):
             value = getattr(value, part)
-        return int(value.numel())
+        return not _is_expectation(value.detach().cpu().numpy())
 
     output = next(n for n in graph_module.graph.nodes if n.op == "output")
     keep, queue = set(), deque(output.all_input_nodes)
@@ -78,8 +105,6 @@ def fx_head_tail(graph_module) -> set:
         if node in keep or node.op in ("placeholder", "get_attr"):
             continue
         keep.add(node)
-        size = weight_size(node)
-        if size is not None and size > DECODE_WEIGHTS:
-            continue
-        queue.extend(node.all_input_nodes)
+        if not is_prediction(node):
+            queue.extend(node.all_input_nodes)
     return keep

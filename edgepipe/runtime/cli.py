@@ -85,7 +85,8 @@ def run_once(bundle: Path, manifest: dict[str, Any], feed: dict[str, np.ndarray]
         for warning in runner.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         outputs = runner.infer(feed)
-    outputs = {**outputs, **detections(manifest, outputs, image)}
+    found = detections(manifest, outputs, image)
+    outputs = {**outputs, **{key: value for key, value in found.items() if key not in outputs}}
     if output is not None:
         if output.is_dir():
             raise BadInputError(f"--output {output}: a folder; give a file name ending in .npz")

@@ -7,7 +7,7 @@ the LiteRT interpreter and nothing else.
 
 The head format is Ultralytics' YOLOv8/v11 export, the one most edge detectors ship:
 `(1, 4 + classes, anchors)` with rows cx, cy, w, h in input pixels, then one score per class
-(already a probability). A channel-last copy `(1, anchors, 4 + classes)` is read too.
+(already a probability). `head_classes` is the one place that reads the class count off it.
 """
 
 from __future__ import annotations
@@ -23,24 +23,22 @@ HEADS = ("yolov8",)
 PRE_NMS = 3000  # candidates kept (by score) before NMS, as Ultralytics' max_nms bounds its work
 
 
+def head_classes(shape: Sequence[Any], name: str = "the model's first output") -> int:
+    """The class count of a `(1, 4 + classes, anchors)` head; a one-line error for anything else.
+    Only the rows must be static: the anchors may be a dynamic dimension."""
+    dims = list(shape)
+    if len(dims) != 3 or dims[0] not in (1, None, "batch") or not isinstance(dims[1], int) or dims[1] < 5:
+        raise BadInputError(f"{name} has shape {dims}: a yolov8 detection head is (1, 4 + classes, "
+                            "anchors), rows cx, cy, w, h, then one score per class ([detect] head)")
+    return dims[1] - 4
+
+
 def head_rows(output: np.ndarray, classes: int | None = None) -> np.ndarray:
-    """The head as (anchors, 4 + classes), whichever of its two layouts the runtime returns."""
-    array = np.asarray(output, np.float32)
-    if array.ndim == 3 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim != 2:
-        raise BadInputError(f"a detection head of shape {list(np.shape(output))}: expected "
-                            "(1, 4 + classes, anchors)")
-    rows, columns = array.shape
-    if classes is not None:
-        if rows == 4 + classes:
-            return array.T
-        if columns == 4 + classes:
-            return array
-        raise BadInputError(f"a detection head of shape {list(np.shape(output))} has no axis of "
-                            f"4 + {classes} classes")
-    # Unknown class count: the anchors outnumber the rows (8400 anchors, 84 rows for COCO).
-    return array.T if rows < columns else array
+    """The head as (anchors, 4 + classes)."""
+    count = head_classes(np.shape(output), "the detection head")
+    if classes is not None and classes != count:
+        raise BadInputError(f"the detection head has {count} classes, not {classes}")
+    return np.asarray(output, np.float32)[0].T
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
@@ -70,14 +68,11 @@ def detect(output: np.ndarray, *, score_threshold: float, iou_threshold: float, 
     keeps each anchor's best class."""
     rows = head_rows(output, classes)
     cxcywh, probabilities = rows[:, :4], rows[:, 4:]
-    if multi_label:
-        anchor, label = np.nonzero(probabilities > score_threshold)
-        score = probabilities[anchor, label]
-    else:
-        label = probabilities.argmax(1) if probabilities.size else np.zeros(len(rows), np.int64)
-        score = probabilities[np.arange(len(rows)), label] if probabilities.size else np.zeros(0)
-        anchor = np.nonzero(score > score_threshold)[0]
-        label, score = label[anchor], score[anchor]
+    wanted = probabilities > score_threshold
+    if not multi_label:  # each anchor's best class (all of them on an exact tie, as the graph's NMS)
+        wanted &= probabilities == probabilities.max(1, keepdims=True)
+    anchor, label = np.nonzero(wanted)
+    score = probabilities[anchor, label]
     finite = np.isfinite(score) & np.isfinite(cxcywh[anchor]).all(1)
     anchor, label, score = anchor[finite], label[finite], score[finite]
     if len(score) > PRE_NMS:
@@ -85,9 +80,10 @@ def detect(output: np.ndarray, *, score_threshold: float, iou_threshold: float, 
         anchor, label, score = anchor[top], label[top], score[top]
     centre, size = cxcywh[anchor, :2], cxcywh[anchor, 2:]
     boxes = np.concatenate([centre - size / 2, centre + size / 2], 1).astype(np.float32)
-    # Per-class NMS in one pass: each class's boxes moved apart by more than any box spans.
-    offset = (label.astype(np.float32) * (float(np.abs(boxes).max(initial=0.0)) * 2 + 1))[:, None]
-    keep = nms(boxes + offset, score, iou_threshold)[:max_detections]
+    # Per-class NMS in one pass: each class's boxes moved apart by more than any box spans (in
+    # float64, so the shift costs no precision of the boxes).
+    offset = (label.astype(np.float64) * (float(np.abs(boxes).max(initial=0.0)) * 2 + 1))[:, None]
+    keep = nms(boxes.astype(np.float64) + offset, score, iou_threshold)[:max_detections]
     return {"boxes": boxes[keep], "scores": score[keep].astype(np.float32),
             "classes": label[keep].astype(np.int64)}
 

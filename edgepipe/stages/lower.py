@@ -50,7 +50,8 @@ class LowerStage:
         post = postprocess.record(ctx, model)
         module = ctx.source.module
         if post and post["nms"] == "graph":
-            model = postprocess.with_nms(model, post, ctx.work_dir / "postprocess-nms.onnx")
+            model = postprocess.with_nms(model, post, ctx.work_dir / "postprocess-nms.onnx",
+                                         backend.name)
             module = None  # TFLite: convert this ONNX (onnx2tf), not the PyTorch module without the NMS
         hints = LowerHints(shape_ranges=ctx.shape_ranges, model_name=ctx.source.name,
                            source_kind=ctx.source.kind, source_module=module,

@@ -27,6 +27,7 @@ from edgepipe.data.evaluation import EvalData, eval_data_for
 from edgepipe.data.preprocessing import ImagePreprocessing
 from edgepipe.data.samples import RANDOM, LabelledSample, SampleSource, open_samples
 from edgepipe.errors import BadInputError
+from edgepipe.postprocess import is_detector
 from edgepipe.pruning import cost, unstructured
 from edgepipe.pruning.distill import Batch, FinetuneSettings, batches, distill, taylor_gradients
 from edgepipe.pruning.scan import choose_ratios, scan
@@ -146,6 +147,7 @@ class PruneStage:
         feed = ctx.reference.inputs[0]
         with target_run(model, ctx) as run:  # scored against itself: nothing to run again
             evaluator = Evaluator(eval_data, run)
+            evaluator.check_baseline(ctx.profile.detect.min_float_map50)
             steps = [_Step("unpruned", model.path, evaluator.reference_scores(), time_run(run, feed),
                            cost.measure(model.path))]
         warnings: list[str] = []
@@ -315,14 +317,14 @@ class PruneStage:
             warnings.append("no fine-tuning or Taylor ranking on random data (--calib random)")
             return None
         return open_samples(spec, ctx.inputs, flag="--train", preprocess=settings.preprocess,
-                            seed=settings.seed, with_labels=True)
+                            seed=settings.seed, with_labels=True, detection=is_detector(ctx))
 
     @staticmethod
     def _eval_data(ctx: BuildContext, settings: PruneSettings) -> EvalData:
         calibration = None
         if ctx.calib is not None and ctx.calib != RANDOM:
             calibration = open_samples(ctx.calib, ctx.inputs, preprocess=settings.preprocess,
-                                       seed=settings.seed)
+                                       seed=settings.seed, detection=is_detector(ctx))
         data = eval_data_for(ctx.eval, calibration, ctx.inputs, limit=settings.eval_count,
                              preprocess=settings.preprocess, seed=settings.seed,
                              fallback=ctx.reference.inputs,

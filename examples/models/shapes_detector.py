@@ -97,6 +97,6 @@ class ShapesDetector(nn.Module):
 
 
 def shapes_detector() -> tuple[nn.Module, dict[str, torch.Tensor]]:
-    """Input `images`: one RGB image scaled to [0, 1], 1x3x128x128 (letterboxed); output
-    `output0`: (1, 4 + 4 classes, 320 anchors), as YOLOv8 exports it."""
+    """Input `images`: one RGB image scaled to [0, 1], 1x3x128x128 (letterboxed); output: (1, 4 + 4
+    classes, 320 anchors), as YOLOv8 exports it."""
     return ShapesDetector().eval(), {"images": torch.rand(1, 3, IMAGE_SIZE, IMAGE_SIZE)}

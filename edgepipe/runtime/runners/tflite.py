@@ -9,7 +9,6 @@ standalone runtime, or full TensorFlow; all three are tried.
 from __future__ import annotations
 
 import importlib
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import SimpleNamespace
@@ -87,23 +86,32 @@ def _quantization(details: Mapping[str, Any]) -> list[float] | None:
     return [float(scale), int(zero)] if scale else None
 
 
-def match_tensors(details: list[dict], specs: Sequence[Spec]) -> list[dict]:
-    """Model tensors in the order of `specs`: by name where the converter kept it, else by position."""
+def signature_names(interpreter: Any, kind: str) -> dict[int, str]:
+    """Tensor index -> the name the model's signature gives it ("inputs" or "outputs"). onnx2tf's
+    SavedModel route keeps the ONNX names there while the tensors themselves are called
+    `PartitionedCall:k`, in an order of their own; none where the model has no signature."""
+    try:
+        runner = interpreter.get_signature_runner()
+        details = runner.get_input_details() if kind == "inputs" else runner.get_output_details()
+    except (ValueError, KeyError, AttributeError, RuntimeError):
+        return {}
+    return {int(entry["index"]): name for name, entry in details.items()}
+
+
+def match_tensors(details: list[dict], specs: Sequence[Spec], aliases: Mapping[int, str] | None = None
+                  ) -> list[dict]:
+    """Model tensors in the order of `specs`: by name where the converter kept it (on the tensor or
+    in the signature, `aliases`), else by position."""
     by_name: dict[str, dict] = {}
     for entry in details:
         bare = entry["name"].removeprefix("serving_default_").split(":")[0]
         by_name.setdefault(bare, entry)
+        if aliases and entry["index"] in aliases:
+            by_name.setdefault(aliases[entry["index"]], entry)
     if all(spec["name"] in by_name for spec in specs):
         return [by_name[spec["name"]] for spec in specs]
     if len(details) != len(specs):
         raise BackendError(f"the .tflite has {len(details)} tensors where the model has {len(specs)}")
-    numbered = {int(bare.rsplit(":", 1)[1]): entry for entry in details
-                if re.fullmatch(r"(Stateful)?PartitionedCall:\d+", bare := entry["name"])}
-    if len(numbered) == len(specs) > 1:
-        # A SavedModel signature (onnx2tf's route) lists its outputs sorted by name and the
-        # converter numbers them in that order: PartitionedCall:k is the k-th name.
-        ordered = sorted(spec["name"] for spec in specs)
-        return [numbered[ordered.index(spec["name"])] for spec in specs]
     return list(details)
 
 
@@ -121,8 +129,8 @@ def describe_io(built, inputs: Sequence[Spec], outputs: Sequence[Spec]) -> dict[
                 "layout": ("NHWC" if channel_last else layout) if len(model_shape) == 4 else layout,
                 "quantization": _quantization(details)}
 
-    matched_inputs = match_tensors(built.get_input_details(), inputs)
-    matched_outputs = match_tensors(built.get_output_details(), outputs)
+    matched_inputs = match_tensors(built.get_input_details(), inputs, signature_names(built, "inputs"))
+    matched_outputs = match_tensors(built.get_output_details(), outputs, signature_names(built, "outputs"))
     return {"inputs": [entry(s, d) for s, d in zip(inputs, matched_inputs, strict=True)],
             "outputs": [entry(s, d) for s, d in zip(outputs, matched_outputs, strict=True)]}
 
@@ -184,10 +192,11 @@ class TfliteRunner(Runner):
         outputs = self.outputs or [{"name": d["name"], "shape": [int(x) for x in d["shape"]],
                                     "dtype": "float32"} for d in self._interpreter.get_output_details()]
         self.io = describe_io(self._interpreter, self.inputs, outputs)
-        self._inputs = list(zip(self.io["inputs"], match_tensors(self._interpreter.get_input_details(),
-                                                                 self.inputs), strict=True))
-        self._outputs = list(zip(self.io["outputs"], match_tensors(self._interpreter.get_output_details(),
-                                                                   outputs), strict=True))
+        built = self._interpreter
+        self._inputs = list(zip(self.io["inputs"], match_tensors(
+            built.get_input_details(), self.inputs, signature_names(built, "inputs")), strict=True))
+        self._outputs = list(zip(self.io["outputs"], match_tensors(
+            built.get_output_details(), outputs, signature_names(built, "outputs")), strict=True))
         self.runtime = {"name": runtime, "version": version, "threads": count,
                         "xnnpack": self.settings["xnnpack"], "delegate": self.settings["delegate"]}
 
