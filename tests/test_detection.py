@@ -391,7 +391,7 @@ def _scenes(shapes: Path, count: int) -> Path:
     return path
 
 
-def _graph_against_host(bundle: Path, scenes: Path, tmp_path: Path) -> int:
+def _graph_against_host(bundle: Path, scenes: Path, tmp_path: Path, head: str = "output") -> int:
     """run.py's in-graph detections against runtime.detection.detect on the same run's head."""
     manifest = json.loads((bundle / "manifest.json").read_text())
     post = manifest["postprocess"]
@@ -405,7 +405,7 @@ def _graph_against_host(bundle: Path, scenes: Path, tmp_path: Path) -> int:
                               check=False, timeout=300)
         assert done.returncode == 0, done.stderr
         out = np.load(tmp_path / "out.npz")
-        host = detect(out["output"], score_threshold=post["score_threshold"],
+        host = detect(out[head], score_threshold=post["score_threshold"],
                       iou_threshold=post["iou_threshold"], max_detections=post["max_detections"],
                       classes=post["classes"])
         count = int(out["num_dets"][0, 0])
@@ -466,3 +466,29 @@ def test_nms_graph_passes_the_tensorrt_parser_prechecks(tmp_path, shapes):
         assert source.op_type == "Cast" and source.attribute[0].i == TensorProto.FLOAT
     plan = json.loads((out / "manifest.json").read_text())["backend"]["engine"]
     assert plan
+
+
+@pytest.mark.slow
+def test_nms_in_the_graph_of_real_yolov8n_matches_the_host_decode_on_real_photos(tmp_path):
+    """nudenet's YOLOv8n (real weights, DFL head, 18 classes, dynamic anchors fixed by --input) with
+    the NMS appended, on real photos, on each runtime: the same boxes as run.py's numpy decode."""
+    from tests.third_party import photos
+
+    files = photos.files("evaluation")[:4] + photos.files("calibration")[:4]
+    if not YOLOV8N.is_file() or photos.missing():
+        pytest.skip("needs nudenet's YOLOv8n and the photos (make third-party)")
+    from edgepipe.data.preprocessing import ImagePreprocessing, resolve
+
+    pre = resolve(ImagePreprocessing(), TensorSpec("images", (1, 3, 320, 320), "float32"), detection=True)
+    scenes = tmp_path / "photos.npz"
+    np.savez(scenes, images=np.stack([pre.image_to_array(f) for f in files]))
+    profile = tmp_path / "yolo.toml"
+    profile.write_text('name = "fp32-nms"\ndescription = "test"\nextends = "fp32"\n'
+                       '[detect]\nhead = "yolov8"\nnms = "graph"\nscore_threshold = 0.05\n')
+    for target in ("onnxruntime-cpu", "openvino-cpu", "mobile"):
+        out = tmp_path / target
+        result = run_edgepipe("build", YOLOV8N, "--input", "images:1x3x320x320", "--target", target,
+                              "--profile", profile, "--out", out)
+        assert result.returncode == 0, f"{target}: {result.stderr[-2000:]}"
+        assert json.loads((out / "manifest.json").read_text())["postprocess"]["classes"] == 18
+        assert _graph_against_host(out, scenes, tmp_path, head="output0") >= 5, target
