@@ -129,6 +129,11 @@ def build(
                                     f"target '{target}' (= {resolved_target.name} on this host; "
                                     f"--target onnxruntime-cpu needs no extra)") from None
         raise
+    ranged = next((o.name for o in overrides.values()
+                   if o.shape_range and o.shape_range[0] != o.shape_range[2]), None)
+    if ranged is not None and not backend.shape_ranges:
+        raise BadInputError(f"--input {ranged}: a MIN/OPT/MAX range, but target '{resolved_target.name}' "
+                            f"(backend {backend.name}) builds for one static shape; give one shape")
     inputs = _input_paths(model, weights, calib, eval_data, train)
     try:
         with staging_area(out, force, inputs) as staging:

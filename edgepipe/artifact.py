@@ -18,6 +18,8 @@ class TensorSpec:
     dtype: str
     layout: str | None = None
     values: str | None = None  # what random samples draw from: "LOW..HIGH" or "A,B" (--input NAME=...)
+    # (min, max) of an input built for a range of shapes (--input NAME:MIN/OPT/MAX); `shape` is OPT
+    shape_range: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     @property
     def is_static(self) -> bool:
@@ -25,7 +27,9 @@ class TensorSpec:
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype,
-                "layout": self.layout, **({"values": self.values} if self.values else {})}
+                "layout": self.layout, **({"values": self.values} if self.values else {}),
+                **({"shape_range": {"min": list(self.shape_range[0]), "max": list(self.shape_range[1])}}
+                   if self.shape_range else {})}
 
 
 @dataclass(frozen=True)

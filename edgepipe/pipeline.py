@@ -8,7 +8,8 @@ input. A lossy stage
 until one keeps it (the stage's remedy is its next candidate) or none is left (exit 1);
 every stage after it is held to the lossy stage's `parity_budget` against its output, so
 lowering cannot change what was measured. Parity against the source model is recorded
-for every stage.
+for every stage. A build for a range of input shapes (--input MIN/OPT/MAX) runs at OPT; every
+float stage is also held, on one sample at MIN and one at MAX, to the same budget.
 """
 
 from __future__ import annotations
@@ -20,12 +21,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from time import perf_counter
 
+import numpy as np
+
 from edgepipe.artifact import Artifact, StageReport
 from edgepipe.backends import Runner, get_backend
 from edgepipe.budget import speed_violation, task_violations
 from edgepipe.config import AccuracyBudget
-from edgepipe.errors import GateFailedError
+from edgepipe.errors import EdgepipeError, GateFailedError, first_line
 from edgepipe.parity import ParityReport, compare_outputs
+from edgepipe.reference import RangeReference, range_reference
 from edgepipe.stages import STAGES, BuildContext, Stage, StageOutcome
 
 
@@ -54,10 +58,20 @@ def runner_for(artifact: Artifact, ctx: BuildContext, quantized: bool = False) -
     return backend.runner(artifact, ctx.target.runtime, precision)
 
 
-def outputs_of(artifact: Artifact, ctx: BuildContext, quantized: bool) -> tuple[list[dict], dict]:
-    """The artifact's outputs on the reference inputs, and the runtime's record of how it ran."""
+def outputs_of(artifact: Artifact, ctx: BuildContext, quantized: bool,
+               ranges: RangeReference | None = None, stage: str = "") -> tuple[list[dict], list[dict], dict]:
+    """The artifact's outputs on the reference inputs and at the --input ranges' ends, and the
+    runtime's record of how it ran. Failing to run at a range end is the stage's failure."""
     with runner_for(artifact, ctx, quantized) as runner:
-        return [runner.infer(feed) for feed in ctx.reference.inputs], dict(runner.runtime)
+        outputs = [runner.infer(feed) for feed in ctx.reference.inputs]
+        ends = []
+        for label, feed in zip(ranges.labels, ranges.inputs, strict=True) if ranges else ():
+            try:
+                ends.append(runner.infer(feed))
+            except EdgepipeError as exc:
+                raise GateFailedError(f"stage '{stage}' fails at the --input range's {label} (the build "
+                                      f"runs at OPT): {first_line(exc, 300)}") from None
+        return outputs, ends, dict(runner.runtime)
 
 
 def _compare(reference: list[dict], outputs: list[dict], budget: AccuracyBudget, stage: str) -> ParityReport:
@@ -129,6 +143,29 @@ def accept(stage: Stage, model: Artifact, settings: object, ctx: BuildContext, o
                           f"{remedy}")
 
 
+def _check_range(name: str, ranges: RangeReference, anchor: list[dict], outputs: list[dict],
+                 budget: AccuracyBudget) -> None:
+    """A stage's output at both ends of the --input ranges, held to the budget it is held to at OPT
+    and against the same anchor. Always a failure: a bundle that is right only at OPT would ship
+    wrong answers for the shapes it declares it takes (an export that baked the OPT size in)."""
+    for label, expected, got in zip(ranges.labels, anchor, outputs, strict=True):
+        violations = _compare([expected], [got], budget, name).violations(budget)
+        if violations:
+            raise GateFailedError(f"stage '{name}' is wrong at the --input range's {label} (the build "
+                                  f"runs at OPT): {violations[0]}")
+
+
+def _check_finite_ends(name: str, ranges: RangeReference | None, outputs: list[dict]) -> None:
+    """A lossy stage is judged on evaluation data at OPT, not elementwise; at the range ends it must
+    at least give numbers, since its outputs there are what later stages are held to."""
+    for label, out in zip(ranges.labels if ranges else (), outputs, strict=True):
+        bad = next((key for key, value in out.items()
+                    if not np.isfinite(np.asarray(value, np.float64)).all()), None)
+        if bad is not None:
+            raise GateFailedError(f"stage '{name}' gives non-finite values in output '{bad}' at the --input "
+                                  f"range's {label} (the build runs at OPT)")
+
+
 def _check_steps(outcome: StageOutcome, budget: AccuracyBudget) -> None:
     """A stage's named steps (fuse passes) held to the float budget. Always a failure, even when
     the profile only warns about its stages: a pass that breaks parity is a bug to skip, and the
@@ -149,6 +186,8 @@ def run_stages(ctx: BuildContext,
     reports: list[StageReport] = []
     parity: ParityReport | None = None
     anchor, anchor_name = ctx.reference.outputs, "the source model"
+    ranges = range_reference(ctx.source, ctx.inputs, budget.seed)
+    range_anchor = ranges.outputs if ranges else []
     quantized = False
     for index, name in enumerate(ctx.profile.stages):
         stage = STAGES[name]()
@@ -162,12 +201,17 @@ def run_stages(ctx: BuildContext,
         quantized = quantized or getattr(stage, "int8", False)
         _check_steps(outcome, budget)
         warnings = [*(ctx.notices if index == 0 else ()), *outcome.warnings]
-        outputs, ran = outputs_of(artifact, ctx, quantized)
+        outputs, at_ends, ran = outputs_of(artifact, ctx, quantized, ranges, name)
         # In-graph NMS adds outputs the source model has not: parity is judged on the head.
         added = set(outcome.metrics.get("postprocess", {}).get("graph_outputs", ()))
-        outputs = [{key: value for key, value in out.items() if key not in added} for out in outputs]
+        outputs, at_ends = ([{key: value for key, value in out.items() if key not in added} for out in feeds]
+                            for feeds in (outputs, at_ends))
         if lossy:
             budget = stage.parity_budget(settings, budget)
+            _check_finite_ends(name, ranges, at_ends)
+            range_anchor = at_ends
+        elif ranges:
+            _check_range(name, ranges, range_anchor, at_ends, budget)
         parity = _compare(ctx.reference.outputs, outputs, budget, name)
         report = StageReport(name, artifact.path.name, seconds, parity, outcome.metrics, warnings, ran)
         violations = [] if lossy else _compare(anchor, outputs, budget, name).violations(budget)

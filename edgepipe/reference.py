@@ -7,7 +7,7 @@ sources, ONNX Runtime with every graph optimization off for ONNX sources.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,39 @@ def make_reference(source: SourceModel, specs: tuple[TensorSpec, ...], count: in
             f"{first.name}=A,B or {first.name}=LOW..HIGH") from None
     _check_finite(outputs, origin, random=random)
     return Reference(inputs=samples, outputs=outputs, origin=origin)
+
+
+@dataclass(frozen=True)
+class RangeReference:
+    """The source model at both ends of the --input MIN/OPT/MAX ranges. The build itself runs at
+    OPT; these two samples are what holds every stage to the rest of the range it ships for."""
+
+    labels: list[str]  # "min shape images 1x3x96x96", "max shape ..."
+    inputs: list[Feed]
+    outputs: list[Feed]
+
+
+def range_reference(source: SourceModel, specs: tuple[TensorSpec, ...], seed: int) -> RangeReference | None:
+    """One seeded random sample at the ranges' min shapes and one at their max (None: no range)."""
+    if not any(spec.shape_range for spec in specs):
+        return None
+    labels, inputs, outputs = [], [], []
+    for index, end in enumerate(("min", "max")):
+        at = tuple(replace(s, shape=s.shape_range[index]) if s.shape_range else s for s in specs)
+        label = f"{end} shape " + ", ".join(f"{s.name} {'x'.join(map(str, s.shape))}"
+                                            for s, own in zip(at, specs, strict=True) if own.shape_range)
+        feed = random_samples(at, 1, seed + index)[0]
+        try:
+            out = (onnx_outputs(source.path, at, [feed]) if source.kind == "onnx"
+                   else torch_outputs(source, at, [feed]))[0]
+        except EdgepipeError as exc:
+            raise BadInputError(f"--input range: the source model does not run at its {label} "
+                                f"({first_line(exc, 240)})") from None
+        labels.append(label)
+        inputs.append(feed)
+        outputs.append(out)
+    _check_finite(outputs, "the --input range's ends", random=True)
+    return RangeReference(labels, inputs, outputs)
 
 
 def _check_finite(outputs: list[Feed], origin: str, random: bool) -> None:

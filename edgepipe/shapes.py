@@ -128,10 +128,14 @@ def resolve_inputs(
             raise BadInputError(
                 f"--input {override.name}: dtype {override.dtype} given, model expects {spec.dtype}"
             )
+        ranged = override.shape_range
         resolved.append(TensorSpec(spec.name, override.shape, spec.dtype,
-                                   layout_guess(override.shape), override.values))
+                                   layout_guess(override.shape), override.values,
+                                   (ranged[0], ranged[2]) if ranged and ranged[0] != ranged[2] else None))
     for spec in resolved:
         _check_size(spec)
+        if spec.shape_range:  # MAX runs on the build host too (the range's parity sample)
+            _check_size(dataclasses.replace(spec, shape=spec.shape_range[1]))
     return tuple(resolved)
 
 

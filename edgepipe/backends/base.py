@@ -58,6 +58,8 @@ class Backend(Protocol):
     extra: ClassVar[str | None]  # the pip extra that installs its runtime; None if core
     runtime_module: ClassVar[str]  # imported to check the runtime is installed
     precisions: ClassVar[tuple[str, ...]]  # what the profile's [lower] precision may ask for
+    # Whether its artifact keeps --input MIN/OPT/MAX ranges dynamic; if not, a range is refused.
+    shape_ranges: ClassVar[bool]
     LowerSettings: ClassVar[type[BaseModel]]  # the target's [lower] table
     RuntimeSettings: ClassVar[type[BaseModel]]  # the target's [runtime] table
 

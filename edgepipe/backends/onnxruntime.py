@@ -55,6 +55,7 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
     extra = None
     runtime_module = "onnxruntime"
+    shape_ranges = True
     precisions = ("f32",)  # int8 comes from the quantize stage
     LowerSettings = OnnxRuntimeLowerSettings
     RuntimeSettings = OnnxRuntimeRuntimeSettings

@@ -89,6 +89,7 @@ class OpenVinoBackend:
     name = "openvino"
     extra = "openvino"
     runtime_module = "openvino"
+    shape_ranges = True
     LowerSettings = OpenVinoLowerSettings
     RuntimeSettings = OpenVinoRuntimeSettings
     precisions = ("f32", "f16", "bf16")

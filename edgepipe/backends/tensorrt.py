@@ -114,6 +114,7 @@ class TensorRtBackend:
     # What the *build host* needs: ONNX Runtime checks the engine's ONNX; TensorRT is needed
     # only where the engine is built (the device, or a host with the target's GPU).
     runtime_module = "onnxruntime"
+    shape_ranges = True
     precisions = ("f32", "f16")  # int8 comes from the quantize stage as symmetric QDQ
     LowerSettings = TensorRtLowerSettings
     RuntimeSettings = TensorRtRuntimeSettings

@@ -54,6 +54,9 @@ class TfliteBackend:
     name = "tflite"
     extra = "tflite"
     runtime_module = "ai_edge_litert"
+    # onnx2tf writes one static shape, and the LiteRT interpreter is resized rather than built
+    # for a range; a bundle that ships for one size says so by refusing a range.
+    shape_ranges = False
     LowerSettings = TfliteLowerSettings
     RuntimeSettings = TfliteRuntimeSettings
     precisions = ("f32", "f16")

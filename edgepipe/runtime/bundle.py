@@ -59,6 +59,14 @@ def load_manifest(bundle: Path) -> dict[str, Any]:
                 isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("dtype"), str)
                 and isinstance(s.get("shape"), list) and isinstance(s.get("values", ""), str) for s in specs):
             raise BadInputError(f"{path}: key '{key}' must be a list of {{name, shape, dtype}} entries")
+    for spec in manifest["inputs"]:
+        ends = spec.get("shape_range")
+        if ends is not None and not (isinstance(ends, dict) and all(
+                isinstance(ends.get(end), list) and len(ends[end]) == len(spec["shape"])
+                and all(isinstance(d, int) and not isinstance(d, bool) for d in ends[end])
+                for end in ("min", "max"))):
+            raise BadInputError(f"{path}: input '{spec['name']}': 'shape_range' must be {{min, max}} "
+                                "shapes of the input's rank")
     return manifest
 
 

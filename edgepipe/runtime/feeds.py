@@ -93,7 +93,8 @@ def read_image(path: Path, specs: Sequence[Spec]) -> dict[str, np.ndarray]:
     if not pre or pre.get("kind") != "image":
         raise BadInputError(f"{path}: this bundle records no image preprocessing; give a .npy/.npz input")
     array = image_to_array(path, pre)[None]
-    if list(array.shape) != list(specs[0]["shape"]):
+    if list(array.shape) != list(specs[0]["shape"]) and not within_range(array.shape,
+                                                                         specs[0].get("shape_range")):
         raise BadInputError(f"{path}: one image gives {list(array.shape)}, the model takes "
                             f"{list(specs[0]['shape'])}")
     return {specs[0]["name"]: array}
@@ -111,6 +112,15 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
     if junk is not None:  # numpy hands back the raw bytes of a member that is not .npy
         raise BadInputError(f"{path}: member '{junk}' is not a .npy array")
     return arrays
+
+
+def within_range(shape: Sequence[int], shape_range: Mapping[str, Any] | None) -> bool:
+    """Whether a shape lies in an input's recorded MIN..MAX range (inputs built for a range)."""
+    if not shape_range:
+        return False
+    low, high = shape_range["min"], shape_range["max"]
+    return len(shape) == len(low) == len(high) and all(
+        a <= d <= b for a, d, b in zip(low, shape, high, strict=True))
 
 
 def read_arrays(path: Path, specs: Sequence[Spec]) -> dict[str, np.ndarray]:
@@ -131,9 +141,13 @@ def read_arrays(path: Path, specs: Sequence[Spec]) -> dict[str, np.ndarray]:
             raise BadInputError(f"{path}: no array named '{spec['name']}'")
         array = arrays[spec["name"]]
         shapes = [list(spec["shape"]), spec.get("device_shape")]  # TFLite: also the model's own layout
-        if array.dtype.name != spec["dtype"] or list(array.shape) not in shapes:
+        if array.dtype.name != spec["dtype"] or not (list(array.shape) in shapes
+                                                     or within_range(array.shape, spec.get("shape_range"))):
+            expected = list(spec["shape"])
+            if spec.get("shape_range"):
+                expected = f"{spec['shape_range']['min']} to {spec['shape_range']['max']}"
             raise BadInputError(f"{path}: '{spec['name']}' is {array.dtype.name} {list(array.shape)}, "
-                                f"the model expects {spec['dtype']} {list(spec['shape'])}")
+                                f"the model expects {spec['dtype']} {expected}")
         feed[spec["name"]] = array
     return feed
 

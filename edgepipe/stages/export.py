@@ -102,6 +102,11 @@ def _export_torch(ctx: BuildContext, settings: ExportSettings, module=None):
     args = tuple(torch.from_numpy(ctx.reference.inputs[0][spec.name]) for spec in ctx.inputs)
     input_names = [spec.name for spec in ctx.inputs]
     output_names = ctx.reference.output_names
+    # Every input, in the forward's order, even those with no dynamic axis: the dynamo exporter
+    # pairs this mapping's entries with the forward's arguments by position.
+    ranged = ranged_axes(ctx)
+    dynamic_axes = {spec.name: {axis: f"{spec.name}_{axis}" for axis in sorted(ranged.get(spec.name, ()))}
+                    for spec in ctx.inputs} if ranged else None
     with tempfile.TemporaryDirectory(dir=ctx.work_dir) as scratch, \
             warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -110,14 +115,14 @@ def _export_torch(ctx: BuildContext, settings: ExportSettings, module=None):
             if exporter == "dynamo":
                 program = torch.onnx.export(
                     module, args, dynamo=True, opset_version=settings.opset,
-                    input_names=input_names, output_names=output_names, verbose=False)
+                    input_names=input_names, output_names=output_names, dynamic_axes=dynamic_axes,
+                    verbose=False)
                 program.save(str(path))
             else:
                 torch.onnx.export(
                     module, args, str(path), dynamo=False, opset_version=settings.opset,
                     input_names=input_names, output_names=output_names, do_constant_folding=True,
-                    dynamic_axes={name: {axis: f"{name}_{axis}" for axis in sorted(axes)}
-                                  for name, axes in ranged_axes(ctx).items()} or None)
+                    dynamic_axes=dynamic_axes)
         except Exception as exc:
             raise BadInputError(f"{source.spec}: cannot export to ONNX ({exporter} exporter, "
                                 f"opset {settings.opset}): {first_line(exc)}") from None
@@ -125,7 +130,8 @@ def _export_torch(ctx: BuildContext, settings: ExportSettings, module=None):
     for warning in caught:
         # Deprecation notices about the exporter itself are noise to a user;
         # tracer warnings ("the trace might not generalize") are not.
-        if issubclass(warning.category, DeprecationWarning | FutureWarning):
+        if issubclass(warning.category, DeprecationWarning | FutureWarning) \
+                or "'dynamic_axes' is not recommended" in str(warning.message):
             continue
         message = first_line(Warning(str(warning.message)), 200)
         if message not in notes:

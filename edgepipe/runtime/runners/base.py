@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendError, BadInputError
+from ..feeds import within_range
 
 Feed = Mapping[str, np.ndarray]
 Spec = Mapping[str, Any]  # {"name", "shape", "dtype", ...}: a manifest's input entry
@@ -77,9 +78,13 @@ class Runner(ABC):
             spec = expected[name]
             if array.dtype.name != spec["dtype"]:
                 raise BadInputError(f"input '{name}': dtype {array.dtype.name}, expected {spec['dtype']}")
+            if within_range(array.shape, spec.get("shape_range")):
+                continue
             if is_static(spec["shape"]) and list(array.shape) not in self.accepted_shapes(spec):
-                raise BadInputError(f"input '{name}': shape {list(array.shape)}, "
-                                    f"expected {list(spec['shape'])}")
+                expected = list(spec["shape"])
+                if spec.get("shape_range"):
+                    expected = f"{spec['shape_range']['min']} to {spec['shape_range']['max']}"
+                raise BadInputError(f"input '{name}': shape {list(array.shape)}, expected {expected}")
 
     @abstractmethod
     def _activate(self) -> None: ...
