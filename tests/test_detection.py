@@ -224,7 +224,8 @@ def test_a_model_that_is_no_detector_is_refused_before_calibrating(tmp_path, sha
                           trained_digits["test"], "--eval", shapes / "val", "--out", tmp_path / "b")
     assert result.returncode == 2, result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert "a yolov8 detection head is (1, 4 + classes, anchors)" in last and "Traceback" not in result.stderr
+    assert "a yolov8 detection head is (batch, 4 + classes, anchors)" in last
+    assert "Traceback" not in result.stderr
 
 
 def test_labels_the_float_model_cannot_find_are_refused_not_passed(tmp_path, shapes):
@@ -492,3 +493,105 @@ def test_nms_in_the_graph_of_real_yolov8n_matches_the_host_decode_on_real_photos
         assert result.returncode == 0, f"{target}: {result.stderr[-2000:]}"
         assert json.loads((out / "manifest.json").read_text())["postprocess"]["classes"] == 18
         assert _graph_against_host(out, scenes, tmp_path, head="output0") >= 5, target
+
+
+RANGE = "images:1x3x96x96/1x3x128x128/4x3x192x192"  # batch 1 to 4, 96 to 192 pixels; built at OPT
+
+
+def _letterboxed(shapes: Path, count: int, size: int) -> np.ndarray:
+    from edgepipe.data.preprocessing import ImagePreprocessing, resolve
+
+    pre = resolve(ImagePreprocessing(), TensorSpec("images", (1, 3, size, size), "float32"), detection=True)
+    return np.stack([pre.image_to_array(f) for f in sorted((shapes / "val").glob("*.png"))[:count]])
+
+
+@pytest.mark.slow
+def test_dynamic_batch_and_image_size_ship_with_nms_per_image(tmp_path, shapes):
+    """A detector built for a range of batch and image sizes: int8 gated on mAP at OPT, held to parity
+    at MIN and MAX, and its bundle (ONNX Runtime, OpenVINO) takes a batch of 3 at 160x160 whose
+    in-graph NMS gives, image by image, what the host decode gives on the same run's head."""
+    batch = _letterboxed(shapes, 3, 160)
+    np.savez(tmp_path / "batch.npz", images=batch)
+    for target in ("onnxruntime-cpu", "openvino-cpu"):
+        out = tmp_path / target
+        result = run_edgepipe("build", DETECTOR, "--weights", shapes / "shapes_detector.pt",
+                              "--target", target, "--profile", _nms_profile(tmp_path, "int8"),
+                              "--input", RANGE, "--calib", shapes / "calib", "--eval", shapes / "val",
+                              "--out", out)
+        assert result.returncode == 0, f"{target}: {result.stderr[-2000:]}"
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["inputs"][0]["shape"] == [1, 3, 128, 128]
+        assert manifest["inputs"][0]["shape_range"] == {"min": [1, 3, 96, 96], "max": [4, 3, 192, 192]}
+        scores = next(s for s in manifest["stages"] if s["stage"] == "quantize")["metrics"]["evaluation"]
+        assert scores["float"]["map50_95"] - scores["int8"]["map50_95"] <= 1.0
+        post = manifest["postprocess"]
+        done = subprocess.run([sys.executable, str(out / "run.py"), "--input", str(tmp_path / "batch.npz"),
+                               "--output", str(tmp_path / "out.npz")], capture_output=True, text=True,
+                              check=False, timeout=300)
+        assert done.returncode == 0, done.stderr
+        got = np.load(tmp_path / "out.npz")
+        assert got["output"].shape == (3, 8, 20 * 20 + 10 * 10) and got["det_boxes"].shape == (3, 100, 4)
+        for image in range(3):
+            host = detect(got["output"], score_threshold=post["score_threshold"], image=image,
+                          iou_threshold=post["iou_threshold"], max_detections=post["max_detections"])
+            mine = got["batch"] == image
+            assert int(got["num_dets"][image, 0]) == mine.sum() == len(host["scores"]) >= 1, (target, image)
+            np.testing.assert_allclose(got["boxes"][mine], host["boxes"], atol=1e-3)
+            np.testing.assert_allclose(got["scores"][mine], host["scores"], atol=1e-5)
+            assert got["classes"][mine].tolist() == host["classes"].tolist()
+        # Outside the range: one line, exit 2.
+        np.savez(tmp_path / "five.npz", images=np.concatenate([batch, batch[:2]]))
+        done = subprocess.run([sys.executable, str(out / "run.py"), "--input", str(tmp_path / "five.npz")],
+                              capture_output=True, text=True, check=False, timeout=300)
+        assert done.returncode == 2 and "[1, 3, 96, 96] to [4, 3, 192, 192]" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+
+
+def test_dynamic_shapes_reach_the_tensorrt_profile_and_are_refused_for_litert(tmp_path, shapes):
+    out = tmp_path / "jetson"
+    result = run_edgepipe("build", DETECTOR, "--weights", shapes / "shapes_detector.pt", "--target", "jetson",
+                          "--profile", _nms_profile(tmp_path, "fp32"), "--input", RANGE, "--out", out)
+    assert result.returncode == 0, result.stderr[-2000:]
+    engine = json.loads((out / "manifest.json").read_text())["backend"]["engine"]
+    assert engine["shapes"] == {"images": {"min": [1, 3, 96, 96], "opt": [1, 3, 128, 128],
+                                           "max": [4, 3, 192, 192]}}
+    model = onnx.load(str(out / "model.onnx"))
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert isinstance(dims[0], str) and dims[1] == 3 and all(isinstance(d, str) for d in dims[2:])
+    boxes = model.graph.output[1].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in boxes][1:] == [100, 4]
+
+    refused = run_edgepipe("build", DETECTOR, "--weights", shapes / "shapes_detector.pt",
+                           "--target", "mobile", "--input", RANGE, "--out", tmp_path / "mobile")
+    assert refused.returncode == 2, refused.stderr
+    assert "one static shape" in refused.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in refused.stderr and not (tmp_path / "mobile").exists()
+
+
+BAKED = '''
+import torch
+
+
+class Baked(torch.nn.Module):
+    """Scales by its batch size read as a Python number: tracing bakes OPT's batch into the graph."""
+
+    def forward(self, x):
+        return x * float(x.shape[0])
+
+
+def baked():
+    return Baked(), {"x": torch.rand(2, 4)}
+'''
+
+
+def test_an_export_right_only_at_opt_is_refused_at_the_range_end_it_breaks(tmp_path):
+    (tmp_path / "baked.py").write_text(BAKED)
+    result = run_edgepipe("build", f"{tmp_path / 'baked.py'}:baked", "--target", "onnxruntime-cpu",
+                          "--input", "x:1x4/2x4/8x4", "--out", tmp_path / "b")
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert "stage 'export' is wrong at the --input range's min shape x 1x4" in last, last
+    assert "Traceback" not in result.stderr and not (tmp_path / "b").exists()
+    fixed = run_edgepipe("build", f"{tmp_path / 'baked.py'}:baked", "--target", "onnxruntime-cpu",
+                         "--input", "x:2x4", "--out", tmp_path / "ok")
+    assert fixed.returncode == 0, fixed.stderr

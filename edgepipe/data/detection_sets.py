@@ -58,7 +58,8 @@ class DetectionSet:
         batch = int(spec.shape[0])
         if batch != 1:
             raise BadInputError(f"detection --eval data needs a batch of 1; input '{spec.name}' has "
-                                f"{batch}")
+                                f"{batch} (for a dynamic batch give OPT batch 1, e.g. --input "
+                                f"{spec.name}:1x.../1x.../8x...)")
         for path, xywh, classes, crowd in self.items[:limit]:
             array = self.preprocessing.image_to_array(path)[None]
             width, height = image_size(path)

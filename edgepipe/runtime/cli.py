@@ -25,7 +25,7 @@ import numpy as np
 from . import strict_json
 from .benchmark import BenchmarkOptions, benchmark
 from .bundle import load_manifest, verify_files
-from .detection import detect, to_image_pixels
+from .detection import detect_batch, graph_detections, to_image_pixels
 from .errors import BadInputError, EdgepipeError, first_line
 from .feeds import IMAGE_SUFFIXES, image_size, read_feed
 from .keys import KEY_ENV, model_bytes, parse_model_key
@@ -33,7 +33,7 @@ from .runners import open_runner
 from .runners.tensorrt import build, engine_problems, write_record
 from .signature import check_signature, read_public_key
 
-DETECTION_KEYS = ("boxes", "scores", "classes")  # printed whole: at most max_detections rows
+DETECTION_KEYS = ("boxes", "scores", "classes", "batch")  # printed whole: max_detections rows an image
 PUBKEY_ENV = "EDGEPIPE_PUBKEY"  # a public key file: verify the bundle before every run
 # More threads than any board has cores: a typo (--threads 3000) rather than a setting. Not tied
 # to this machine's cores, since a profile may ask for a device's count on a smaller host.
@@ -58,20 +58,19 @@ def build_engine(bundle: Path, manifest: dict[str, Any], key: bytes | None) -> d
 
 def detections(manifest: dict[str, Any], outputs: dict[str, np.ndarray],
                image: Path | None) -> dict[str, np.ndarray]:
-    """A detector bundle's boxes (x1 y1 x2 y2), scores and classes from its raw head, as the manifest's
-    `postprocess` says; in the image's own pixels when the input was an image, else in the input's."""
+    """A detector bundle's boxes (x1 y1 x2 y2), scores, classes and the image of the batch each
+    belongs to (`batch`), from its raw head as the manifest's `postprocess` says; in the image's own
+    pixels when the input was an image, else in the input's."""
     post = manifest.get("postprocess")
     if not post or post.get("kind") != "detection":
         return {}
     if post.get("nms") == "graph":  # the model did it: its fixed-size outputs, cut to num_dets
-        count = int(np.asarray(outputs["num_dets"]).reshape(-1)[0])
-        found = {"boxes": np.asarray(outputs["det_boxes"], np.float32)[0, :count],
-                 "scores": np.asarray(outputs["det_scores"], np.float32)[0, :count],
-                 "classes": np.asarray(outputs["det_classes"]).astype(np.int64)[0, :count]}
+        found = graph_detections(outputs)
     else:
         head = outputs.get(post["output"], next(iter(outputs.values())))
-        found = detect(head, score_threshold=post["score_threshold"], iou_threshold=post["iou_threshold"],
-                       max_detections=post["max_detections"], classes=post.get("classes"))
+        found = detect_batch(head, score_threshold=post["score_threshold"],
+                             iou_threshold=post["iou_threshold"], max_detections=post["max_detections"],
+                             classes=post.get("classes"))
     if image is not None and image.suffix.lower() in IMAGE_SUFFIXES:
         width, height = image_size(image)
         pre = manifest["inputs"][0]["preprocessing"]

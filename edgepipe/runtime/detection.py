@@ -6,7 +6,7 @@ backend's runtime: torchvision's and OpenCV's NMS are not on a board that has on
 the LiteRT interpreter and nothing else.
 
 The head format is Ultralytics' YOLOv8/v11 export, the one most edge detectors ship:
-`(1, 4 + classes, anchors)` with rows cx, cy, w, h in input pixels, then one score per class
+`(batch, 4 + classes, anchors)` with rows cx, cy, w, h in input pixels, then one score per class
 (already a probability). `head_classes` is the one place that reads the class count off it.
 """
 
@@ -24,21 +24,22 @@ PRE_NMS = 3000  # candidates kept (by score) before NMS, as Ultralytics' max_nms
 
 
 def head_classes(shape: Sequence[Any], name: str = "the model's first output") -> int:
-    """The class count of a `(1, 4 + classes, anchors)` head; a one-line error for anything else.
-    Only the rows must be static: the anchors may be a dynamic dimension."""
+    """The class count of a `(batch, 4 + classes, anchors)` head; a one-line error for anything else.
+    Only the rows must be static: the batch and the anchors may be dynamic dimensions."""
     dims = list(shape)
-    if len(dims) != 3 or dims[0] not in (1, None, "batch") or not isinstance(dims[1], int) or dims[1] < 5:
-        raise BadInputError(f"{name} has shape {dims}: a yolov8 detection head is (1, 4 + classes, "
+    if len(dims) != 3 or (isinstance(dims[0], int) and dims[0] < 1) or not isinstance(dims[1], int) \
+            or dims[1] < 5:
+        raise BadInputError(f"{name} has shape {dims}: a yolov8 detection head is (batch, 4 + classes, "
                             "anchors), rows cx, cy, w, h, then one score per class ([detect] head)")
     return dims[1] - 4
 
 
-def head_rows(output: np.ndarray, classes: int | None = None) -> np.ndarray:
-    """The head as (anchors, 4 + classes)."""
+def head_rows(output: np.ndarray, classes: int | None = None, image: int = 0) -> np.ndarray:
+    """One image's head as (anchors, 4 + classes)."""
     count = head_classes(np.shape(output), "the detection head")
     if classes is not None and classes != count:
         raise BadInputError(f"the detection head has {count} classes, not {classes}")
-    return np.asarray(output, np.float32)[0].T
+    return np.asarray(output[image], np.float32).T
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
@@ -60,13 +61,14 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarr
 
 
 def detect(output: np.ndarray, *, score_threshold: float, iou_threshold: float, max_detections: int,
-           classes: int | None = None, multi_label: bool = False) -> dict[str, np.ndarray]:
-    """Boxes (K, 4) x1 y1 x2 y2 in input pixels, scores (K,) and classes (K,), best first.
+           classes: int | None = None, multi_label: bool = False, image: int = 0) -> dict[str, np.ndarray]:
+    """Boxes (K, 4) x1 y1 x2 y2 in input pixels, scores (K,) and classes (K,), best first, of the
+    batch's `image`.
 
     NMS is per class (a circle does not suppress an overlapping rectangle). `multi_label`
     keeps every class above the threshold for an anchor, as mAP evaluation does; deployment
     keeps each anchor's best class."""
-    rows = head_rows(output, classes)
+    rows = head_rows(output, classes, image)
     cxcywh, probabilities = rows[:, :4], rows[:, 4:]
     wanted = probabilities > score_threshold
     if not multi_label:  # each anchor's best class (all of them on an exact tie, as the graph's NMS)
@@ -86,6 +88,25 @@ def detect(output: np.ndarray, *, score_threshold: float, iou_threshold: float, 
     keep = nms(boxes.astype(np.float64) + offset, score, iou_threshold)[:max_detections]
     return {"boxes": boxes[keep], "scores": score[keep].astype(np.float32),
             "classes": label[keep].astype(np.int64)}
+
+
+def detect_batch(output: np.ndarray, **settings: Any) -> dict[str, np.ndarray]:
+    """`detect` for every image of a batch, as one list: boxes, scores, classes, and `batch` (the
+    image each detection belongs to), as ONNX NonMaxSuppression indexes its selections."""
+    found = [detect(output, image=i, **settings) for i in range(len(output))]
+    return {**{key: np.concatenate([f[key] for f in found]) for key in ("boxes", "scores", "classes")},
+            "batch": np.concatenate([np.full(len(f["scores"]), i, np.int64) for i, f in enumerate(found)])}
+
+
+def graph_detections(outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The same flat list from the fixed-size outputs of NMS in the graph (det_boxes (B, M, 4),
+    det_scores, det_classes (B, M), num_dets (B, 1)): each image's first num_dets rows."""
+    counts = np.asarray(outputs["num_dets"]).reshape(-1).astype(np.int64)
+    take = lambda name, dtype: np.concatenate(  # noqa: E731
+        [np.asarray(outputs[name], dtype)[i, :n] for i, n in enumerate(counts)])
+    return {"boxes": take("det_boxes", np.float32).reshape(-1, 4), "scores": take("det_scores", np.float32),
+            "classes": take("det_classes", np.int64),
+            "batch": np.concatenate([np.full(n, i, np.int64) for i, n in enumerate(counts)])}
 
 
 def letterbox_geometry(width: int, height: int, size: Sequence[int]) -> tuple[float, int, int, int, int]:

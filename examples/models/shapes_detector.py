@@ -2,8 +2,10 @@
 
 Anchor-free, two levels (strides 8 and 16), a decoupled head (a box branch ending in
 distribution-focal (DFL) bins, a class branch ending in sigmoid scores), and the decode in the
-graph, so its output is what Ultralytics' YOLOv8 exports: `(1, 4 + classes, anchors)`, rows
-cx, cy, w, h in input pixels, then one score per class.
+graph, so its output is what Ultralytics' YOLOv8 exports: `(batch, 4 + classes, anchors)`, rows
+cx, cy, w, h in input pixels, then one score per class. The anchors follow the feature maps'
+sizes, as in Ultralytics' `make_anchors`, so an export with dynamic batch and image size
+(`--input images:1x3x96x96/1x3x128x128/4x3x256x256`) decodes every size right.
 
     python examples/train_shapes.py --out artifacts/shapes      # synthetic scenes, minutes on a CPU
     edgepipe build examples/models/shapes_detector.py:shapes_detector \
@@ -62,6 +64,7 @@ class ShapesDetector(nn.Module):
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
         self.fuse3 = conv(128 + 64, 64, k=1)
         self.heads = nn.ModuleList([Head(64, classes, 64), Head(128, classes, 64)])
+        # The grid at the training size, for the training targets (forward reads its own off the maps).
         anchors, strides = [], []
         for stride in STRIDES:
             cells = image_size // stride
@@ -72,14 +75,32 @@ class ShapesDetector(nn.Module):
         self.register_buffer("strides", torch.cat(strides).T[None], persistent=False)   # (1, 1, N)
         self.register_buffer("bins", torch.arange(REG_MAX, dtype=torch.float32), persistent=False)
 
-    def raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Box bins (B, 4*REG_MAX, N) and class logits (B, classes, N): what training needs."""
+    def levels(self, x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each level's box bins (B, 4*REG_MAX, H, W) and class logits (B, classes, H, W)."""
         c3 = self.p3(self.stem(x))
         c4 = self.p4(c3)
         f3 = self.fuse3(torch.cat([self.up(c4), c3], 1))
-        boxes, logits = zip(*(head(f) for head, f in zip(self.heads, (f3, c4), strict=True)), strict=True)
+        return [head(f) for head, f in zip(self.heads, (f3, c4), strict=True)]
+
+    def raw(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Box bins (B, 4*REG_MAX, N) and class logits (B, classes, N): what training needs."""
+        boxes, logits = zip(*self.levels(x), strict=True)
         flat = lambda ts: torch.cat([t.flatten(2) for t in ts], 2)  # noqa: E731
         return flat(boxes), flat(logits)
+
+    @staticmethod
+    def grid(levels: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anchor centres (1, 2, N) in strides and strides (1, 1, N) for these feature maps: read
+        off their sizes, so an exported graph computes them for whatever size it is given."""
+        anchors, strides = [], []
+        for (bins, _), stride in zip(levels, STRIDES, strict=True):
+            height, width = bins.shape[2], bins.shape[3]
+            xs = torch.arange(width, dtype=torch.float32, device=bins.device) + 0.5
+            ys = torch.arange(height, dtype=torch.float32, device=bins.device) + 0.5
+            ys, xs = torch.meshgrid(ys, xs, indexing="ij")
+            anchors.append(torch.stack([xs, ys], -1).reshape(-1, 2))
+            strides.append(torch.full_like(xs.reshape(-1, 1), float(stride)))
+        return torch.cat(anchors).T[None], torch.cat(strides).T[None]
 
     def distances(self, bins: torch.Tensor) -> torch.Tensor:
         """DFL: the expected distance (in strides) of each box side, from its bins' softmax."""
@@ -88,12 +109,15 @@ class ShapesDetector(nn.Module):
         return (probabilities * self.bins.view(1, 1, REG_MAX, 1)).sum(2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bins, logits = self.raw(x)
+        levels = self.levels(x)
+        anchors, strides = self.grid(levels)
+        flat = lambda ts: torch.cat([t.flatten(2) for t in ts], 2)  # noqa: E731
+        bins, logits = flat([b for b, _ in levels]), flat([c for _, c in levels])
         ltrb = self.distances(bins)
         lt, rb = ltrb[:, :2], ltrb[:, 2:]
-        x1y1, x2y2 = self.anchors - lt, self.anchors + rb
+        x1y1, x2y2 = anchors - lt, anchors + rb
         cxcy, wh = (x1y1 + x2y2) / 2, x2y2 - x1y1
-        return torch.cat([cxcy * self.strides, wh * self.strides, logits.sigmoid()], 1)
+        return torch.cat([cxcy * strides, wh * strides, logits.sigmoid()], 1)
 
 
 def shapes_detector() -> tuple[nn.Module, dict[str, torch.Tensor]]:
