@@ -204,8 +204,8 @@ def run_stages(ctx: BuildContext,
         outputs, at_ends, ran = outputs_of(artifact, ctx, quantized, ranges, name)
         # In-graph NMS adds outputs the source model has not: parity is judged on the head.
         added = set(outcome.metrics.get("postprocess", {}).get("graph_outputs", ()))
-        outputs, at_ends = ([{key: value for key, value in out.items() if key not in added} for out in feeds]
-                            for feeds in (outputs, at_ends))
+        outputs, at_ends = ([{key: value for key, value in out.items() if key not in added} for out in run]
+                            for run in (outputs, at_ends))
         if lossy:
             budget = stage.parity_budget(settings, budget)
             _check_finite_ends(name, ranges, at_ends)

@@ -80,6 +80,13 @@ def onnx_outputs(model_path: Path, specs: tuple[TensorSpec, ...], inputs: list[F
         return [runner.infer(feed) for feed in inputs]
 
 
+def source_outputs(source: SourceModel, specs: tuple[TensorSpec, ...], inputs: list[Feed]) -> list[Feed]:
+    """The source model run by its own framework (torch, or ONNX Runtime exactly as written)."""
+    if source.kind == "onnx":
+        return onnx_outputs(source.path, specs, inputs)
+    return torch_outputs(source, specs, inputs)
+
+
 def make_reference(source: SourceModel, specs: tuple[TensorSpec, ...], count: int, seed: int,
                    samples: list[Feed] | None = None, samples_origin: str = "") -> Reference:
     random = samples is None
@@ -92,10 +99,7 @@ def make_reference(source: SourceModel, specs: tuple[TensorSpec, ...], count: in
     else:
         origin = samples_origin
     try:
-        if source.kind == "onnx":
-            outputs = onnx_outputs(source.path, specs, samples)
-        else:
-            outputs = torch_outputs(source, specs, samples)
+        outputs = source_outputs(source, specs, samples)
     except EdgepipeError as exc:
         guessed = [s for s in specs if np.dtype(s.dtype).kind in "iub" and s.values is None]
         if not random or not guessed:
@@ -131,8 +135,7 @@ def range_reference(source: SourceModel, specs: tuple[TensorSpec, ...], seed: in
                                             for s, own in zip(at, specs, strict=True) if own.shape_range)
         feed = random_samples(at, 1, seed + index)[0]
         try:
-            out = (onnx_outputs(source.path, at, [feed]) if source.kind == "onnx"
-                   else torch_outputs(source, at, [feed]))[0]
+            out = source_outputs(source, at, [feed])[0]
         except EdgepipeError as exc:
             raise BadInputError(f"--input range: the source model does not run at its {label} "
                                 f"({first_line(exc, 240)})") from None

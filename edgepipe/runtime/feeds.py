@@ -93,10 +93,9 @@ def read_image(path: Path, specs: Sequence[Spec]) -> dict[str, np.ndarray]:
     if not pre or pre.get("kind") != "image":
         raise BadInputError(f"{path}: this bundle records no image preprocessing; give a .npy/.npz input")
     array = image_to_array(path, pre)[None]
-    if list(array.shape) != list(specs[0]["shape"]) and not within_range(array.shape,
-                                                                         specs[0].get("shape_range")):
+    if not fits(array.shape, specs[0]):
         raise BadInputError(f"{path}: one image gives {list(array.shape)}, the model takes "
-                            f"{list(specs[0]['shape'])}")
+                            f"{expected_shape(specs[0])}")
     return {specs[0]["name"]: array}
 
 
@@ -114,13 +113,20 @@ def load_npz(path: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def within_range(shape: Sequence[int], shape_range: Mapping[str, Any] | None) -> bool:
-    """Whether a shape lies in an input's recorded MIN..MAX range (inputs built for a range)."""
-    if not shape_range:
-        return False
-    low, high = shape_range["min"], shape_range["max"]
-    return len(shape) == len(low) == len(high) and all(
-        a <= d <= b for a, d, b in zip(low, shape, high, strict=True))
+def fits(shape: Sequence[int], spec: Spec, shapes: Sequence[Any] = ()) -> bool:
+    """Whether an input of `shape` is one `spec` takes: its shape (or one of `shapes`), or, for an
+    input built for a MIN/OPT/MAX range, any shape inside the recorded range."""
+    if list(shape) in [list(spec["shape"]), *shapes]:
+        return True
+    ends = spec.get("shape_range")
+    return bool(ends) and len(shape) == len(ends["min"]) == len(ends["max"]) and all(
+        a <= d <= b for a, d, b in zip(ends["min"], shape, ends["max"], strict=True))
+
+
+def expected_shape(spec: Spec) -> str:
+    """What an error says the input takes."""
+    ends = spec.get("shape_range")
+    return f"{ends['min']} to {ends['max']}" if ends else str(list(spec["shape"]))
 
 
 def read_arrays(path: Path, specs: Sequence[Spec]) -> dict[str, np.ndarray]:
@@ -140,14 +146,10 @@ def read_arrays(path: Path, specs: Sequence[Spec]) -> dict[str, np.ndarray]:
         if spec["name"] not in arrays:
             raise BadInputError(f"{path}: no array named '{spec['name']}'")
         array = arrays[spec["name"]]
-        shapes = [list(spec["shape"]), spec.get("device_shape")]  # TFLite: also the model's own layout
-        if array.dtype.name != spec["dtype"] or not (list(array.shape) in shapes
-                                                     or within_range(array.shape, spec.get("shape_range"))):
-            expected = list(spec["shape"])
-            if spec.get("shape_range"):
-                expected = f"{spec['shape_range']['min']} to {spec['shape_range']['max']}"
+        device = [spec["device_shape"]] if spec.get("device_shape") else []  # TFLite: the model's own layout
+        if array.dtype.name != spec["dtype"] or not fits(array.shape, spec, device):
             raise BadInputError(f"{path}: '{spec['name']}' is {array.dtype.name} {list(array.shape)}, "
-                                f"the model expects {spec['dtype']} {expected}")
+                                f"the model expects {spec['dtype']} {expected_shape(spec)}")
         feed[spec["name"]] = array
     return feed
 

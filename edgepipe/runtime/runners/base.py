@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendError, BadInputError
-from ..feeds import within_range
+from ..feeds import expected_shape, fits
 
 Feed = Mapping[str, np.ndarray]
 Spec = Mapping[str, Any]  # {"name", "shape", "dtype", ...}: a manifest's input entry
@@ -78,13 +78,9 @@ class Runner(ABC):
             spec = expected[name]
             if array.dtype.name != spec["dtype"]:
                 raise BadInputError(f"input '{name}': dtype {array.dtype.name}, expected {spec['dtype']}")
-            if within_range(array.shape, spec.get("shape_range")):
-                continue
-            if is_static(spec["shape"]) and list(array.shape) not in self.accepted_shapes(spec):
-                expected = list(spec["shape"])
-                if spec.get("shape_range"):
-                    expected = f"{spec['shape_range']['min']} to {spec['shape_range']['max']}"
-                raise BadInputError(f"input '{name}': shape {list(array.shape)}, expected {expected}")
+            if is_static(spec["shape"]) and not fits(array.shape, spec, self.accepted_shapes(spec)):
+                raise BadInputError(f"input '{name}': shape {list(array.shape)}, "
+                                    f"expected {expected_shape(spec)}")
 
     @abstractmethod
     def _activate(self) -> None: ...
